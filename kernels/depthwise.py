@@ -1,0 +1,252 @@
+"""Dilated depthwise convolution kernels: forward, input gradient, weight/bias gradient.
+
+Notation (one kernel family for 1D and 2D: 1D is 2D with H = OH = KH = 1)::
+
+    x  (N, C_in,  H,  W)      input, any strides (NCHW, channels_last, sliced views)
+    w  (C_out, 1, KH, KW)     weight, C_out = C_in * MULT (depth multiplier)
+    y  (N, C_out, OH, OW)     output
+    ih = oh * STRIDE_H - pad_h + kh * DIL_H      iw = ow * STRIDE_W - pad_w + kw * DIL_W
+    input channel of output channel co:  ci = co // MULT
+
+Tiles are [BLOCK_H, BLOCK_W, BLOCK_C]: with channels_last strides the channel axis is the
+contiguous one (16-byte loads); with NCHW strides the W axis is. Every kernel loads, upcasts to
+the accumulator dtype ACC (fp32, or fp64 for fp64 tensors), accumulates in ACC and casts on
+store. Out-of-range taps (the zero padding, asymmetric on the bottom/right is implied by the
+bounds) are masked loads of zero. When IDX64 is set every element offset is computed in int64;
+the batch offset always is.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tile_coords(tile, n_tiles_h, n_tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+                 IDX64: tl.constexpr):
+    """Decode a flat tile index over (n, tile_h, tile_w) into n and the row/column vectors."""
+    tiles_per_image = n_tiles_h * n_tiles_w
+    n = tile // tiles_per_image
+    rem = tile % tiles_per_image
+    rows = (rem // n_tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cols = (rem % n_tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    if IDX64:
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
+    return tl.cast(n, tl.int64), rows, cols
+
+
+@triton.jit
+def depthwise_fwd_kernel(
+    x_ptr,  # input x (N, C_in, H, W), any strides
+    w_ptr,  # weight (C_out, 1, KH, KW), any strides
+    b_ptr,  # bias (C_out,), contiguous; read only when HAS_BIAS
+    y_ptr,  # output y (N, C_out, OH, OW), any strides
+    C_out, H, W, OH, OW, n_tiles_h, n_tiles_w,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wc, stride_wh, stride_ww,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    pad_h, pad_w,
+    KH: tl.constexpr, KW: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    MULT: tl.constexpr, HAS_BIAS: tl.constexpr, IDX64: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """y[n, co, oh, ow] = sum_{kh, kw} x[n, co // MULT, ih, iw] * w[co, 0, kh, kw] + b[co].
+
+    Grid: (N * n_tiles_h * n_tiles_w, cdiv(C_out, BLOCK_C)).
+    """
+    n, oh, ow = _tile_coords(tl.program_id(0), n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+    co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    if IDX64:
+        co = co.to(tl.int64)
+    mask_c = co < C_out
+    x_base = x_ptr + n * stride_xn + (co // MULT)[None, None, :] * stride_xc
+    acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
+    for kh in range(KH):
+        ih = oh * STRIDE_H - pad_h + kh * DIL_H
+        mask_h = (ih >= 0) & (ih < H)
+        for kw in tl.static_range(KW):
+            iw = ow * STRIDE_W - pad_w + kw * DIL_W
+            mask_w = (iw >= 0) & (iw < W)
+            wv = tl.load(w_ptr + co * stride_wc + kh * stride_wh + kw * stride_ww,
+                         mask=mask_c, other=0.0).to(ACC)
+            mask = mask_h[:, None, None] & mask_w[None, :, None] & mask_c[None, None, :]
+            xv = tl.load(x_base + ih[:, None, None] * stride_xh + iw[None, :, None] * stride_xw,
+                         mask=mask, other=0.0).to(ACC)
+            acc += xv * wv[None, None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co, mask=mask_c, other=0.0).to(ACC)[None, None, :]
+    mask = (oh < OH)[:, None, None] & (ow < OW)[None, :, None] & mask_c[None, None, :]
+    y_ptrs = (y_ptr + n * stride_yn + oh[:, None, None] * stride_yh + ow[None, :, None] * stride_yw
+              + co[None, None, :] * stride_yc)
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def depthwise_bwd_input_kernel(
+    dy_ptr,  # output gradient dy (N, C_out, OH, OW), any strides
+    w_ptr,  # weight (C_out, 1, KH, KW), any strides
+    dx_ptr,  # input gradient dx (N, C_in, H, W), any strides
+    C_in, H, W, OH, OW, n_tiles_h, n_tiles_w,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_wc, stride_wh, stride_ww,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    pad_h, pad_w,
+    KH: tl.constexpr, KW: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    MULT: tl.constexpr, IDX64: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Gather over taps: dx[n, ci, ih, iw] = sum_{j < MULT} sum_{kh, kw} dy[n, ci*MULT + j, oh, ow] * w[ci*MULT + j, 0, kh, kw]
+
+    over the taps whose output position is integral and in range:
+    oh = (ih + pad_h - kh * DIL_H) / STRIDE_H with remainder 0 and 0 <= oh < OH (same for ow).
+    Grid: (N * n_tiles_h * n_tiles_w, cdiv(C_in, BLOCK_C)), tiles over the input (ih, iw, ci).
+    """
+    n, ih, iw = _tile_coords(tl.program_id(0), n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+    ci = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    if IDX64:
+        ci = ci.to(tl.int64)
+    mask_c = ci < C_in
+    dy_base = dy_ptr + n * stride_dyn
+    acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
+    for kh in range(KH):
+        num_h = ih + pad_h - kh * DIL_H
+        oh = num_h // STRIDE_H
+        mask_h = (num_h >= 0) & (oh < OH)
+        if STRIDE_H > 1:
+            mask_h = mask_h & (num_h % STRIDE_H == 0)
+        for kw in tl.static_range(KW):
+            num_w = iw + pad_w - kw * DIL_W
+            ow = num_w // STRIDE_W
+            mask_w = (num_w >= 0) & (ow < OW)
+            if STRIDE_W > 1:
+                mask_w = mask_w & (num_w % STRIDE_W == 0)
+            mask = mask_h[:, None, None] & mask_w[None, :, None] & mask_c[None, None, :]
+            sp = oh[:, None, None] * stride_dyh + ow[None, :, None] * stride_dyw
+            for j in tl.static_range(MULT):
+                co = ci * MULT + j
+                wv = tl.load(w_ptr + co * stride_wc + kh * stride_wh + kw * stride_ww,
+                             mask=mask_c, other=0.0).to(ACC)
+                dyv = tl.load(dy_base + sp + co[None, None, :] * stride_dyc,
+                              mask=mask, other=0.0).to(ACC)
+                acc += dyv * wv[None, None, :]
+    mask = (ih < H)[:, None, None] & (iw < W)[None, :, None] & mask_c[None, None, :]
+    dx_ptrs = (dx_ptr + n * stride_dxn + ih[:, None, None] * stride_dxh
+               + iw[None, :, None] * stride_dxw + ci[None, None, :] * stride_dxc)
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def depthwise_bwd_weight_kernel(
+    x_ptr,  # input x (N, C_in, H, W), any strides
+    dy_ptr,  # output gradient dy (N, C_out, OH, OW), any strides
+    part_ptr,  # partial sums (n_splits, KH*KW + 1, C_out), contiguous, ACC dtype; row KH*KW is db
+    C_out, H, W, OH, OW, n_tiles_h, n_tiles_w, total_tiles, tiles_per_split,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    pad_h, pad_w,
+    KH: tl.constexpr, KW: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    MULT: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+    IDX64: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Split reduction over P = N*OH*OW output pixels:
+
+    dw[co, 0, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, co // MULT, ih, iw]
+    db[co]            = sum_{n, oh, ow} dy[n, co, oh, ow]
+
+    Program (s, c) sums the output tiles [s*tiles_per_split, (s+1)*tiles_per_split) for BLOCK_C
+    channels and all taps. ATOMIC: fp32 atomic adds into split row 0 (fast, order varies run to
+    run). Otherwise each split stores its own row and the finalize kernel sums the rows in a
+    fixed order (bit-identical run to run). Grid: (n_splits, cdiv(C_out, BLOCK_C)).
+    """
+    pid_s = tl.program_id(0)
+    co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = co < C_out
+    ci = co // MULT
+    if IDX64:
+        ci = ci.to(tl.int64)
+    co_y = co
+    if IDX64:
+        co_y = co.to(tl.int64)
+    t_start = pid_s * tiles_per_split
+    t_end = tl.minimum(t_start + tiles_per_split, total_tiles)
+    n_rows: tl.constexpr = KH * KW + 1
+    if ATOMIC:
+        part_base = part_ptr
+    else:
+        part_base = part_ptr + tl.cast(pid_s, tl.int64) * (n_rows * C_out)
+    for kh in range(KH):
+        for kw in tl.static_range(KW):
+            acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
+            for t in range(t_start, t_end):
+                n, oh, ow = _tile_coords(t, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+                mask_o = (oh < OH)[:, None, None] & (ow < OW)[None, :, None] & mask_c[None, None, :]
+                dyv = tl.load(dy_ptr + n * stride_dyn + oh[:, None, None] * stride_dyh
+                              + ow[None, :, None] * stride_dyw + co_y[None, None, :] * stride_dyc,
+                              mask=mask_o, other=0.0).to(ACC)
+                ih = oh * STRIDE_H - pad_h + kh * DIL_H
+                iw = ow * STRIDE_W - pad_w + kw * DIL_W
+                mask = (mask_o & ((ih >= 0) & (ih < H))[:, None, None]
+                        & ((iw >= 0) & (iw < W))[None, :, None])
+                xv = tl.load(x_ptr + n * stride_xn + ih[:, None, None] * stride_xh
+                             + iw[None, :, None] * stride_xw + ci[None, None, :] * stride_xc,
+                             mask=mask, other=0.0).to(ACC)
+                acc += dyv * xv
+            part = tl.sum(tl.sum(acc, axis=1), axis=0)
+            ptrs = part_base + (kh * KW + kw) * C_out + co
+            if ATOMIC:
+                tl.atomic_add(ptrs, part, mask=mask_c)
+            else:
+                tl.store(ptrs, part, mask=mask_c)
+    if HAS_BIAS:
+        acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
+        for t in range(t_start, t_end):
+            n, oh, ow = _tile_coords(t, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+            mask_o = (oh < OH)[:, None, None] & (ow < OW)[None, :, None] & mask_c[None, None, :]
+            acc += tl.load(dy_ptr + n * stride_dyn + oh[:, None, None] * stride_dyh
+                           + ow[None, :, None] * stride_dyw + co_y[None, None, :] * stride_dyc,
+                           mask=mask_o, other=0.0).to(ACC)
+        part = tl.sum(tl.sum(acc, axis=1), axis=0)
+        ptrs = part_base + (KH * KW) * C_out + co
+        if ATOMIC:
+            tl.atomic_add(ptrs, part, mask=mask_c)
+        else:
+            tl.store(ptrs, part, mask=mask_c)
+
+
+@triton.jit
+def depthwise_bwd_weight_finalize_kernel(
+    part_ptr,  # partial sums (n_splits, KH*KW + 1, C_out), contiguous, ACC dtype
+    dw_ptr,  # weight gradient (C_out, 1, KH, KW), any strides
+    db_ptr,  # bias gradient (C_out,), contiguous; written only when HAS_BIAS
+    C_out, n_splits,
+    stride_wc, stride_wh, stride_ww,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dw[co, 0, t // KW, t % KW] = sum_{s < n_splits} part[s, t, co] (s in increasing order),
+    db[co] = sum_s part[s, KH*KW, co]; cast to the weight dtype. Grid: (cdiv(C_out, BLOCK_C),).
+    """
+    co = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    t = tl.arange(0, BLOCK_T)
+    n_rows: tl.constexpr = KH * KW + 1
+    mask = (t < n_rows)[:, None] & (co < C_out)[None, :]
+    offs = t[:, None] * C_out + co[None, :]
+    acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=ACC)
+    part_ptrs = part_ptr + offs
+    for _ in range(n_splits):
+        acc += tl.load(part_ptrs, mask=mask, other=0.0)
+        part_ptrs += n_rows * C_out
+    kh = t // KW
+    kw = t % KW
+    w_mask = mask & (t < KH * KW)[:, None]
+    tl.store(dw_ptr + co[None, :] * stride_wc + kh[:, None] * stride_wh + kw[:, None] * stride_ww,
+             acc.to(dw_ptr.dtype.element_ty), mask=w_mask)
+    if HAS_BIAS:
+        db = tl.sum(tl.where((t == KH * KW)[:, None], acc, 0.0), axis=0)
+        tl.store(db_ptr + co, db.to(db_ptr.dtype.element_ty), mask=co < C_out)
