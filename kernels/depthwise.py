@@ -33,6 +33,59 @@ def _tile_coords(tile, n_tiles_h, n_tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.
         cols = cols.to(tl.int64)
     return tl.cast(n, tl.int64), rows, cols
 
+#: kernels with at most this many taps are fully unrolled; larger ones loop over kernel rows
+MAX_UNROLL = tl.constexpr(64)
+
+
+@triton.jit
+def _fwd_tap_row(acc, x_base, w_ptr, co, mask_c, oh, ow, kh, H, W, stride_xh, stride_xw,
+                 stride_wc, stride_wh, stride_ww, pad_h, pad_w, KW: tl.constexpr,
+                 STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr,
+                 DIL_W: tl.constexpr, ACC: tl.constexpr):
+    """acc += sum_kw x[ih(kh), iw(kw)] * w[co, kh, kw] for one kernel row kh."""
+    ih = oh * STRIDE_H - pad_h + kh * DIL_H
+    mask_h = (ih >= 0) & (ih < H)
+    for kw in tl.static_range(KW):
+        iw = ow * STRIDE_W - pad_w + kw * DIL_W
+        mask_w = (iw >= 0) & (iw < W)
+        wv = tl.load(w_ptr + co * stride_wc + kh * stride_wh + kw * stride_ww,
+                     mask=mask_c, other=0.0).to(ACC)
+        mask = mask_h[:, None, None] & mask_w[None, :, None] & mask_c[None, None, :]
+        xv = tl.load(x_base + ih[:, None, None] * stride_xh + iw[None, :, None] * stride_xw,
+                     mask=mask, other=0.0).to(ACC)
+        acc += xv * wv[None, None, :]
+    return acc
+
+
+@triton.jit
+def _bwd_input_tap_row(acc, dy_base, w_ptr, ci, mask_c, ih, iw, kh, OH, OW, stride_dyc,
+                       stride_dyh, stride_dyw, stride_wc, stride_wh, stride_ww, pad_h, pad_w,
+                       KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+                       DIL_H: tl.constexpr, DIL_W: tl.constexpr, MULT: tl.constexpr,
+                       ACC: tl.constexpr):
+    """acc += sum_{kw, j} dy[ci*MULT + j, oh, ow] * w[ci*MULT + j, kh, kw] for one kernel row kh."""
+    num_h = ih + pad_h - kh * DIL_H
+    oh = num_h // STRIDE_H
+    mask_h = (num_h >= 0) & (oh < OH)
+    if STRIDE_H > 1:
+        mask_h = mask_h & (num_h % STRIDE_H == 0)
+    for kw in tl.static_range(KW):
+        num_w = iw + pad_w - kw * DIL_W
+        ow = num_w // STRIDE_W
+        mask_w = (num_w >= 0) & (ow < OW)
+        if STRIDE_W > 1:
+            mask_w = mask_w & (num_w % STRIDE_W == 0)
+        mask = mask_h[:, None, None] & mask_w[None, :, None] & mask_c[None, None, :]
+        sp = oh[:, None, None] * stride_dyh + ow[None, :, None] * stride_dyw
+        for j in tl.static_range(MULT):
+            co = ci * MULT + j
+            wv = tl.load(w_ptr + co * stride_wc + kh * stride_wh + kw * stride_ww,
+                         mask=mask_c, other=0.0).to(ACC)
+            dyv = tl.load(dy_base + sp + co[None, None, :] * stride_dyc,
+                          mask=mask, other=0.0).to(ACC)
+            acc += dyv * wv[None, None, :]
+    return acc
+
 
 @triton.jit
 def depthwise_fwd_kernel(
@@ -62,18 +115,16 @@ def depthwise_fwd_kernel(
     mask_c = co < C_out
     x_base = x_ptr + n * stride_xn + (co // MULT)[None, None, :] * stride_xc
     acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
-    for kh in range(KH):
-        ih = oh * STRIDE_H - pad_h + kh * DIL_H
-        mask_h = (ih >= 0) & (ih < H)
-        for kw in tl.static_range(KW):
-            iw = ow * STRIDE_W - pad_w + kw * DIL_W
-            mask_w = (iw >= 0) & (iw < W)
-            wv = tl.load(w_ptr + co * stride_wc + kh * stride_wh + kw * stride_ww,
-                         mask=mask_c, other=0.0).to(ACC)
-            mask = mask_h[:, None, None] & mask_w[None, :, None] & mask_c[None, None, :]
-            xv = tl.load(x_base + ih[:, None, None] * stride_xh + iw[None, :, None] * stride_xw,
-                         mask=mask, other=0.0).to(ACC)
-            acc += xv * wv[None, None, :]
+    if KH * KW <= MAX_UNROLL:  # small kernels: every tap unrolled, all loads in flight at once
+        for kh in tl.static_range(KH):
+            acc = _fwd_tap_row(acc, x_base, w_ptr, co, mask_c, oh, ow, kh, H, W, stride_xh,
+                               stride_xw, stride_wc, stride_wh, stride_ww, pad_h, pad_w,
+                               KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, ACC)
+    else:  # large kernels: a loop over rows keeps the code size bounded
+        for kh in range(KH):
+            acc = _fwd_tap_row(acc, x_base, w_ptr, co, mask_c, oh, ow, kh, H, W, stride_xh,
+                               stride_xw, stride_wc, stride_wh, stride_ww, pad_h, pad_w,
+                               KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, ACC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=mask_c, other=0.0).to(ACC)[None, None, :]
     mask = (oh < OH)[:, None, None] & (ow < OW)[None, :, None] & mask_c[None, None, :]
@@ -111,27 +162,18 @@ def depthwise_bwd_input_kernel(
     mask_c = ci < C_in
     dy_base = dy_ptr + n * stride_dyn
     acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
-    for kh in range(KH):
-        num_h = ih + pad_h - kh * DIL_H
-        oh = num_h // STRIDE_H
-        mask_h = (num_h >= 0) & (oh < OH)
-        if STRIDE_H > 1:
-            mask_h = mask_h & (num_h % STRIDE_H == 0)
-        for kw in tl.static_range(KW):
-            num_w = iw + pad_w - kw * DIL_W
-            ow = num_w // STRIDE_W
-            mask_w = (num_w >= 0) & (ow < OW)
-            if STRIDE_W > 1:
-                mask_w = mask_w & (num_w % STRIDE_W == 0)
-            mask = mask_h[:, None, None] & mask_w[None, :, None] & mask_c[None, None, :]
-            sp = oh[:, None, None] * stride_dyh + ow[None, :, None] * stride_dyw
-            for j in tl.static_range(MULT):
-                co = ci * MULT + j
-                wv = tl.load(w_ptr + co * stride_wc + kh * stride_wh + kw * stride_ww,
-                             mask=mask_c, other=0.0).to(ACC)
-                dyv = tl.load(dy_base + sp + co[None, None, :] * stride_dyc,
-                              mask=mask, other=0.0).to(ACC)
-                acc += dyv * wv[None, None, :]
+    if KH * KW <= MAX_UNROLL:
+        for kh in tl.static_range(KH):
+            acc = _bwd_input_tap_row(acc, dy_base, w_ptr, ci, mask_c, ih, iw, kh, OH, OW,
+                                     stride_dyc, stride_dyh, stride_dyw, stride_wc, stride_wh,
+                                     stride_ww, pad_h, pad_w, KW, STRIDE_H, STRIDE_W, DIL_H,
+                                     DIL_W, MULT, ACC)
+    else:
+        for kh in range(KH):
+            acc = _bwd_input_tap_row(acc, dy_base, w_ptr, ci, mask_c, ih, iw, kh, OH, OW,
+                                     stride_dyc, stride_dyh, stride_dyw, stride_wc, stride_wh,
+                                     stride_ww, pad_h, pad_w, KW, STRIDE_H, STRIDE_W, DIL_H,
+                                     DIL_W, MULT, ACC)
     mask = (ih < H)[:, None, None] & (iw < W)[None, :, None] & mask_c[None, None, :]
     dx_ptrs = (dx_ptr + n * stride_dxn + ih[:, None, None] * stride_dxh
                + iw[None, :, None] * stride_dxw + ci[None, None, :] * stride_dxc)

@@ -136,3 +136,12 @@ def check_depthwise(where: str, x, weight, bias, n_spatial: int) -> Tuple[int, i
             raise ValueError(f"{where}: `bias` must have shape ({cm},) to match weight; got "
                              f"{tuple(bias.shape)}")
     return C, cm // C
+
+
+def check_layer_input(where: str, x, in_channels: int, n_spatial: int) -> None:
+    """A layer's input: a tensor of rank n_spatial + 2 whose channel count is ``in_channels``."""
+    names = "(N, C, L)" if n_spatial == 1 else "(N, C, H, W)"
+    check_tensor(where, "x", x, n_spatial + 2, names)
+    if x.shape[1] != in_channels:
+        raise ValueError(f"{where}: `x` has {x.shape[1]} channels (shape {tuple(x.shape)}) but the "
+                         f"layer has in_channels={in_channels}")

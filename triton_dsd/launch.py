@@ -10,6 +10,7 @@ All launchers take 4D tensors (N, C, H, W); 1D problems arrive as (N, C, 1, L) v
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -32,9 +33,30 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+#: while not None, launches are recorded here instead of run (see :func:`capture_launches`)
+_CAPTURE: Optional[list] = None
+
+
 def _launch(kernel, grid, *args, **kwargs):
+    if _CAPTURE is not None:
+        _CAPTURE.append((kernel, grid, args, kwargs))
+        return
     LAUNCHES[kernel.fn.__name__] += 1
     kernel[grid](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def capture_launches():
+    """Record (kernel, grid, args, kwargs) of every launch instead of running it.
+
+    The offline compile report uses it to compile exactly what a launcher would launch.
+    """
+    global _CAPTURE
+    saved, _CAPTURE = _CAPTURE, []
+    try:
+        yield _CAPTURE
+    finally:
+        _CAPTURE = saved
 
 
 def is_channels_last_2d(t: torch.Tensor) -> bool:
@@ -92,20 +114,22 @@ def _num_sms(device: torch.device) -> int:
     return 1
 
 
-def depthwise_config(C: int, OH: int, OW: int, channels_last: bool) -> Dict[str, int]:
+def depthwise_config(C: int, OH: int, OW: int, channels_last: bool,
+                     interpreter: Optional[bool] = None) -> Dict[str, int]:
     """Default tile for a depthwise problem (the tuned store of issue 5 will override it).
 
     channels_last: channels are contiguous, so the tile is wide in C (16-byte loads) and a
     few pixels deep. NCHW: the tile is a patch of rows along W for one or a few channels.
     Under the interpreter each program costs ~0.1 s whatever its size, so tiles are larger.
     """
-    budget = 4096 if interpreting() else 1024
+    interp = interpreting() if interpreter is None else interpreter
+    budget = 4096 if interp else 1024
     if channels_last:
         block_c = min(_pow2(C), 64)
         block_w = min(_pow2(OW), max(1, budget // block_c), 16 if OH > 1 else 256)
     else:
-        block_w = min(_pow2(OW), 64 if not interpreting() else 256)
-        block_c = min(_pow2(C), max(1, budget // (block_w * 16)), 4 if not interpreting() else 64)
+        block_w = min(_pow2(OW), 256 if interp else 64)
+        block_c = min(_pow2(C), max(1, budget // (block_w * 16)), 64 if interp else 4)
     block_h = min(_pow2(OH), max(1, budget // (block_c * block_w)))
     return dict(BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=4)
 
@@ -171,6 +195,8 @@ def depthwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tenso
 
 def dw_splits(total_tiles: int, c_blocks: int, device: torch.device) -> Tuple[int, int]:
     """Split the dW reduction so that about four waves of programs fill the GPU."""
+    if total_tiles == 0:
+        return 1, 1
     target = 4 * _num_sms(device) if device.type == "cuda" else 3
     n_splits = max(1, min(total_tiles, triton.cdiv(target, c_blocks)))
     per_split = triton.cdiv(total_tiles, n_splits)

@@ -10,7 +10,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from triton_dsd import functional as Fd
+from triton_dsd import _checks, functional as Fd
 
 
 def _check_depthwise_channels(cls: str, in_channels, out_channels, groups) -> None:
@@ -39,6 +39,7 @@ class DepthwiseConv2d(nn.Conv2d):
                          padding_mode=padding_mode, device=device, dtype=dtype)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        _checks.check_layer_input(type(self).__name__, input, self.in_channels, 2)
         padding = self.padding
         if self.padding_mode != "zeros":  # as nn.Conv2d: pad with the mode, then convolve
             input = nn.functional.pad(input, self._reversed_padding_repeated_twice,
@@ -73,6 +74,7 @@ class DepthwiseConv1d(nn.Conv1d):
             self._reversed_padding_repeated_twice = [total, 0]
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        _checks.check_layer_input(type(self).__name__, input, self.in_channels, 1)
         padding = self.padding
         if self.padding_mode != "zeros":
             input = nn.functional.pad(input, self._reversed_padding_repeated_twice,

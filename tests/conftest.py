@@ -1,0 +1,47 @@
+"""Test setup: the Triton interpreter on CPU machines (set before the kernels are imported),
+poisoned outputs, and launch counting."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+from triton_dsd import launch  # noqa: E402  (after TRITON_INTERPRET)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _poison_and_count():
+    """Every kernel output starts as NaN; each test starts with zero counted launches."""
+    launch.POISON = True
+    launch.LAUNCHES.clear()
+    yield
+    launch.POISON = False
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture
+def launch_log(monkeypatch):
+    """Records (kernel name, constexpr/config kwargs) of every launch, and still launches."""
+    log = []
+    real = launch._launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        log.append((kernel.fn.__name__, dict(kwargs), grid))
+        return real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(launch, "_launch", spy)
+    return log
+
+
+def ran(*names: str) -> bool:
+    """True if each named kernel launched at least once since the test began."""
+    return all(launch.LAUNCHES[n] > 0 for n in names)

@@ -1,0 +1,62 @@
+"""Bad input gets a clear error that names the argument, before any kernel launch."""
+import pytest
+import torch
+
+import triton_dsd
+from triton_dsd import launch
+
+X2 = lambda: torch.randn(1, 3, 8, 8)  # noqa: E731
+W2 = lambda: torch.randn(3, 1, 3, 3)  # noqa: E731
+X1 = lambda: torch.randn(1, 3, 16)  # noqa: E731
+W1 = lambda: torch.randn(3, 1, 3)  # noqa: E731
+d2, d1 = triton_dsd.depthwise_conv2d, triton_dsd.depthwise_conv1d
+
+CASES = [
+    # (call, error type, words the message must contain)
+    ("x not a tensor", lambda: d2([[1.0]], W2()), TypeError, "`x`"),
+    ("x rank 3 for 2D", lambda: d2(X1(), W2()), ValueError, "`x`"),
+    ("x rank 4 for 1D", lambda: d1(X2(), W1()), ValueError, "`x`"),
+    ("integer x", lambda: d2(X2().long(), W2()), TypeError, "`x`"),
+    ("bool x", lambda: d2(X2() > 0, W2()), TypeError, "`x`"),
+    ("weight rank", lambda: d2(X2(), torch.randn(3, 3, 3)), ValueError, "`weight`"),
+    ("weight dim1 != 1", lambda: d2(X2(), torch.randn(3, 2, 3, 3)), ValueError, "`weight`"),
+    ("weight C*m not multiple of C", lambda: d2(X2(), torch.randn(4, 1, 3, 3)), ValueError, "`weight`"),
+    ("weight fewer channels than x", lambda: d2(X2(), torch.randn(2, 1, 3, 3)), ValueError, "`weight`"),
+    ("dtype mismatch", lambda: d2(X2(), W2().half()), TypeError, "`weight`"),
+    ("bias dtype mismatch", lambda: d2(X2(), W2(), torch.zeros(3, dtype=torch.float64)), TypeError, "`bias`"),
+    ("bias shape", lambda: d2(X2(), W2(), torch.zeros(4)), ValueError, "`bias`"),
+    ("weight on another device", lambda: d2(X2(), W2().to("meta")), ValueError, "`weight`"),
+    ("x on meta", lambda: d2(X2().to("meta"), W2().to("meta")), ValueError, "`x`"),
+    ("stride 0", lambda: d2(X2(), W2(), stride=0), ValueError, "`stride`"),
+    ("stride negative", lambda: d1(X1(), W1(), stride=-1), ValueError, "`stride`"),
+    ("stride float", lambda: d2(X2(), W2(), stride=1.5), TypeError, "`stride`"),
+    ("stride bool", lambda: d2(X2(), W2(), stride=True), TypeError, "`stride`"),
+    ("stride tuple length", lambda: d2(X2(), W2(), stride=(1, 1, 1)), ValueError, "`stride`"),
+    ("dilation 0", lambda: d2(X2(), W2(), dilation=(1, 0)), ValueError, "`dilation`"),
+    ("negative padding", lambda: d2(X2(), W2(), padding=-1), ValueError, "`padding`"),
+    ("unknown padding string", lambda: d2(X2(), W2(), padding="full"), ValueError, "`padding`"),
+    ("same with stride 2", lambda: d2(X2(), W2(), stride=2, padding="same"), ValueError, "`padding`"),
+    ("causal with stride 2", lambda: d1(X1(), W1(), stride=2, padding="causal"), ValueError, "`padding`"),
+    ("causal on 2D", lambda: d2(X2(), W2(), padding="causal"), ValueError, "'causal' is for 1D only"),
+    ("output < 1", lambda: d2(torch.randn(1, 3, 4, 8), W2(), dilation=2), ValueError, "`x`"),
+    ("output < 1 (1D)", lambda: d1(torch.randn(1, 3, 2), W1()), ValueError, "`x`"),
+    ("no channels", lambda: d2(torch.randn(1, 0, 8, 8), W2()), ValueError, "`x`"),
+    # layers
+    ("layer out not multiple of in", lambda: triton_dsd.DepthwiseConv2d(3, 4, 3), ValueError, "`out_channels`"),
+    ("layer in_channels 0", lambda: triton_dsd.DepthwiseConv2d(0, 4, 3), ValueError, "`in_channels`"),
+    ("layer groups != in", lambda: triton_dsd.DepthwiseConv1d(4, 8, 3, groups=1), ValueError, "`groups`"),
+    ("layer causal stride 2", lambda: triton_dsd.DepthwiseConv1d(4, 4, 3, stride=2, padding="causal"), ValueError, "`padding`"),
+    ("layer causal on 2D", lambda: triton_dsd.DepthwiseConv2d(4, 4, 3, padding="causal"), ValueError, "padding"),
+    ("layer same with stride 2", lambda: triton_dsd.DepthwiseConv2d(4, 4, 3, stride=2, padding="same"), ValueError, "padding"),
+    ("layer forward wrong channels", lambda: triton_dsd.DepthwiseConv2d(4, 4, 3)(X2()), ValueError, "in_channels=4"),
+    ("layer forward wrong rank", lambda: triton_dsd.DepthwiseConv1d(3, 3, 3)(X2()), ValueError, "`x`"),
+    ("layer forward wrong dtype", lambda: triton_dsd.DepthwiseConv2d(3, 3, 3)(X2().double()), TypeError, "`weight`"),
+]
+
+
+@pytest.mark.parametrize("call,exc,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value), str(info.value)
+    assert sum(launch.LAUNCHES.values()) == 0, "a kernel launched on bad input"

@@ -1,0 +1,93 @@
+"""Device policy, determinism, and the tests' own ability to fail."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import triton_dsd
+from triton_dsd import launch
+from conftest import DEVICE, ran
+
+
+def test_cpu_without_interpreter_runs_eager():
+    """CPU tensors without TRITON_INTERPRET take the eager path: right values, no launch."""
+    code = (
+        "import torch, torch.nn.functional as F, triton_dsd\n"
+        "from triton_dsd import launch\n"
+        "x = torch.randn(2, 3, 9, 8); w = torch.randn(6, 1, 2, 3); b = torch.randn(6)\n"
+        "y = triton_dsd.depthwise_conv2d(x, w, b, 1, 'same', 2)\n"
+        "r = F.conv2d(F.pad(x, (2, 2, 1, 1)), w, b, 1, 0, 2, groups=3)\n"
+        "assert torch.allclose(y, r, atol=1e-5), (y - r).abs().max()\n"
+        "assert sum(launch.LAUNCHES.values()) == 0\n"
+        "assert not triton_dsd.use_triton(x)\n"
+        "print('eager-ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "eager-ok" in out.stdout, out.stderr
+
+
+def test_triton_path_taken_here():
+    x = torch.randn(1, 2, 5, 5, device=DEVICE)
+    assert triton_dsd.use_triton(x)
+    triton_dsd.depthwise_conv2d(x, torch.randn(2, 1, 3, 3, device=DEVICE))
+    assert launch.LAUNCHES["depthwise_fwd_kernel"] == 1
+
+
+def test_poisoned_output_is_caught(monkeypatch):
+    """If the forward kernel never wrote its output, the NaN poison makes the check fail."""
+    from test_depthwise import check_case
+    real = launch._launch
+
+    def skip_forward(kernel, grid, *args, **kwargs):
+        if kernel.fn.__name__ == "depthwise_fwd_kernel":
+            launch.LAUNCHES[kernel.fn.__name__] += 1  # pretend it ran
+            return
+        return real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(launch, "_launch", skip_forward)
+    with pytest.raises(AssertionError, match="NaN"):
+        check_case(2, torch.float32, "nchw", N=1, C=2, m=1, K=3, stride=1, padding=1,
+                   dilation=1, bias=True, extra=(2, 2))
+
+
+def _dw_path(launch_log, deterministic):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 12, 13, generator=g).to(DEVICE).requires_grad_()
+    w = torch.randn(4, 1, 3, 3, generator=g).to(DEVICE).requires_grad_()
+    b = torch.zeros(4, device=DEVICE, requires_grad=True)
+    y = triton_dsd.depthwise_conv2d(x, w, b, 1, 2, 2, deterministic=deterministic)
+    y.backward(torch.randn(y.shape, generator=g).to(DEVICE))
+    dw_launches = [kw for name, kw, _ in launch_log if name == "depthwise_bwd_weight_kernel"]
+    fin = [grid for name, _, grid in launch_log if name == "depthwise_bwd_weight_finalize_kernel"]
+    assert len(dw_launches) == 1 and len(fin) == 1
+    return dw_launches[0], w.grad.clone(), b.grad.clone()
+
+
+def test_deterministic_flag_selects_atomic_free_path(launch_log):
+    kw, dw1, db1 = _dw_path(launch_log, deterministic=True)
+    assert kw["ATOMIC"] is False
+    launch_log.clear()
+    kw, dw2, db2 = _dw_path(launch_log, deterministic=True)
+    assert torch.equal(dw1, dw2) and torch.equal(db1, db2)
+    launch_log.clear()
+    kw, _, _ = _dw_path(launch_log, deterministic=False)
+    assert kw["ATOMIC"] is True
+
+
+def test_use_deterministic_algorithms_selects_atomic_free_path(launch_log):
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        kw, _, _ = _dw_path(launch_log, deterministic=None)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert kw["ATOMIC"] is False
+
+
+def test_deterministic_uses_several_splits():
+    """The partial-sum path really splits the reduction (so the finalize order matters)."""
+    n_splits, per_split = launch.dw_splits(total_tiles=10, c_blocks=1, device=torch.device("cpu"))
+    assert n_splits > 1 and n_splits * per_split >= 10
