@@ -204,7 +204,7 @@ def depthwise_bwd_weight_kernel(
     Program (s, c) sums the output tiles [s*tiles_per_split, (s+1)*tiles_per_split) for BLOCK_C
     channels and all taps. ATOMIC: fp32 atomic adds into split row 0 (fast, order varies run to
     run). Otherwise each split stores its own row and the finalize kernel sums the rows in a
-    fixed order (bit-identical run to run). Grid: (n_splits, cdiv(C_out, BLOCK_C)).
+    fixed order (``reduce.splitk_reduce_kernel``, bit-identical run to run). Grid: (n_splits, cdiv(C_out, BLOCK_C)).
     """
     pid_s = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -259,36 +259,3 @@ def depthwise_bwd_weight_kernel(
             tl.atomic_add(ptrs, part, mask=mask_c)
         else:
             tl.store(ptrs, part, mask=mask_c)
-
-
-@triton.jit
-def depthwise_bwd_weight_finalize_kernel(
-    part_ptr,  # partial sums (n_splits, KH*KW + 1, C_out), contiguous, ACC dtype
-    dw_ptr,  # weight gradient (C_out, 1, KH, KW), any strides
-    db_ptr,  # bias gradient (C_out,), contiguous; written only when HAS_BIAS
-    C_out, n_splits,
-    stride_wc, stride_wh, stride_ww,
-    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """dw[co, 0, t // KW, t % KW] = sum_{s < n_splits} part[s, t, co] (s in increasing order),
-    db[co] = sum_s part[s, KH*KW, co]; cast to the weight dtype. Grid: (cdiv(C_out, BLOCK_C),).
-    """
-    co = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    t = tl.arange(0, BLOCK_T)
-    n_rows: tl.constexpr = KH * KW + 1
-    mask = (t < n_rows)[:, None] & (co < C_out)[None, :]
-    offs = t[:, None] * C_out + co[None, :]
-    acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=ACC)
-    part_ptrs = part_ptr + offs
-    for _ in range(n_splits):
-        acc += tl.load(part_ptrs, mask=mask, other=0.0)
-        part_ptrs += n_rows * C_out
-    kh = t // KW
-    kw = t % KW
-    w_mask = mask & (t < KH * KW)[:, None]
-    tl.store(dw_ptr + co[None, :] * stride_wc + kh[:, None] * stride_wh + kw[:, None] * stride_ww,
-             acc.to(dw_ptr.dtype.element_ty), mask=w_mask)
-    if HAS_BIAS:
-        db = tl.sum(tl.where((t == KH * KW)[:, None], acc, 0.0), axis=0)
-        tl.store(db_ptr + co, db.to(db_ptr.dtype.element_ty), mask=co < C_out)

@@ -19,7 +19,8 @@ def report():
 
 def test_every_kernel_compiles_for_sm80_and_sm90_without_spills(report):
     kernels = {"depthwise_fwd_kernel", "depthwise_bwd_input_kernel",
-               "depthwise_bwd_weight_kernel", "depthwise_bwd_weight_finalize_kernel"}
+               "depthwise_bwd_weight_kernel", "splitk_reduce_kernel", "pointwise_fwd_kernel",
+               "pointwise_bwd_weight_kernel", "dsd_fwd_kernel"}
     for arch in (80, 90):
         rows = [r for r in report if r["arch"] == arch]
         assert {r["kernel"] for r in rows} >= kernels
@@ -35,6 +36,19 @@ def test_channels_last_bf16_forward_uses_16_byte_loads(report):
     assert len(rows) == 2
     for r in rows:
         assert r["ldg128"] > 0, r
+
+
+def test_tensor_cores_in_pointwise_and_fused(report):
+    """sm_90: HGMMA in every fp16/bf16 pointwise and fused kernel; sm_80: HMMA."""
+    rows = [r for r in report if r["kernel"] in ("pointwise_fwd_kernel",
+                                                 "pointwise_bwd_weight_kernel", "dsd_fwd_kernel")
+            and ("bf16" in r["case"] or "fp16" in r["case"])]
+    assert len(rows) >= 12
+    for r in rows:
+        if r["arch"] == 90:
+            assert r["hgmma"] > 0, r
+        else:
+            assert r["hmma"] > 0, r
 
 
 def test_demo_runs_the_article_example():

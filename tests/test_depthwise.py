@@ -17,7 +17,7 @@ from pairwise import pairwise
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 KERNELS = ("depthwise_fwd_kernel", "depthwise_bwd_input_kernel", "depthwise_bwd_weight_kernel",
-           "depthwise_bwd_weight_finalize_kernel")
+           "splitk_reduce_kernel")
 
 
 def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:

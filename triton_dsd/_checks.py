@@ -115,26 +115,27 @@ def output_sizes(where: str, spatial: Sequence[int], kernel: Sequence[int], stri
     return tuple(out)
 
 
-def check_depthwise(where: str, x, weight, bias, n_spatial: int) -> Tuple[int, int]:
+def check_depthwise(where: str, x, weight, bias, n_spatial: int, w_name: str = "weight",
+                    b_name: str = "bias") -> Tuple[int, int]:
     """Checks x (N, C, *spatial), weight (C*m, 1, *k), bias (C*m,); returns (C, m)."""
     names = "(N, C, L)" if n_spatial == 1 else "(N, C, H, W)"
     check_tensor(where, "x", x, n_spatial + 2, names)
     wnames = "(C*m, 1, K)" if n_spatial == 1 else "(C*m, 1, kH, kW)"
-    check_tensor(where, "weight", weight, n_spatial + 2, wnames)
-    check_same(where, "x", x, "weight", weight)
+    check_tensor(where, w_name, weight, n_spatial + 2, wnames)
+    check_same(where, "x", x, w_name, weight)
     C = x.shape[1]
     if C < 1:
         raise ValueError(f"{where}: `x` must have at least one channel; got shape {tuple(x.shape)}")
     cm = weight.shape[0]
     if weight.shape[1] != 1 or cm < C or cm % C != 0 or any(k < 1 for k in weight.shape[2:]):
-        raise ValueError(f"{where}: `weight` must have shape {wnames} with C*m a multiple of "
+        raise ValueError(f"{where}: `{w_name}` must have shape {wnames} with C*m a multiple of "
                          f"x's C={C} and every k >= 1; got {tuple(weight.shape)}")
     if bias is not None:
-        check_tensor(where, "bias", bias, 1, f"({cm},)")
-        check_same(where, "x", x, "bias", bias)
+        check_tensor(where, b_name, bias, 1, f"({cm},)")
+        check_same(where, "x", x, b_name, bias)
         if bias.shape[0] != cm:
-            raise ValueError(f"{where}: `bias` must have shape ({cm},) to match weight; got "
-                             f"{tuple(bias.shape)}")
+            raise ValueError(f"{where}: `{b_name}` must have shape ({cm},) to match `{w_name}`; "
+                             f"got {tuple(bias.shape)}")
     return C, cm // C
 
 
@@ -145,3 +146,23 @@ def check_layer_input(where: str, x, in_channels: int, n_spatial: int) -> None:
     if x.shape[1] != in_channels:
         raise ValueError(f"{where}: `x` has {x.shape[1]} channels (shape {tuple(x.shape)}) but the "
                          f"layer has in_channels={in_channels}")
+
+
+def check_pointwise(where: str, C: int, weight, bias, n_spatial: int, ref_name: str,
+                    ref: torch.Tensor, w_name: str = "weight", b_name: str = "bias") -> int:
+    """Checks a 1x1 conv weight (M, C, 1[, 1]) for an input of C channels and its bias (M,),
+    both of ``ref``'s dtype and device; returns M."""
+    ones = ", 1" * n_spatial
+    check_tensor(where, w_name, weight, n_spatial + 2, f"(M, C{ones})")
+    check_same(where, ref_name, ref, w_name, weight)
+    if weight.shape[1] != C or weight.shape[0] < 1 or any(k != 1 for k in weight.shape[2:]):
+        raise ValueError(f"{where}: `{w_name}` must have shape (M, {C}{ones}) for an input of "
+                         f"{C} channels; got {tuple(weight.shape)}")
+    M = weight.shape[0]
+    if bias is not None:
+        check_tensor(where, b_name, bias, 1, f"({M},)")
+        check_same(where, ref_name, ref, b_name, bias)
+        if bias.shape[0] != M:
+            raise ValueError(f"{where}: `{b_name}` must have shape ({M},) to match `{w_name}`; "
+                             f"got {tuple(bias.shape)}")
+    return M

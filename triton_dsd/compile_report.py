@@ -4,7 +4,8 @@ Each case runs a real launcher under :func:`triton_dsd.launch.capture_launches` 
 of a realistic layer, so the kernel is compiled with exactly the arguments, specialisations
 (stride 1, 16-divisibility) and default config the launcher would launch on a GPU. The cubin
 is read with Triton's bundled ``cuobjdump``: registers, local memory (spills), shared memory,
-and the SASS instruction mix (128-bit global loads, HGMMA / HMMA).
+and the SASS instruction mix (128-bit global loads, direct or cp.async ``LDGSTS``, HGMMA / HMMA);
+shared memory is the larger of the cubin's static size and Triton's dynamic allocation.
 """
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ def _cases() -> Dict[str, Callable[[], None]]:
     def w(C, k, dtype, kh=None):
         return torch.empty(C, 1, k if kh is None else kh, k, dtype=dtype)
 
+    def w2(M, K, dtype):
+        return torch.empty(M, K, 1, 1, dtype=dtype)
+
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     pad = lambda k, d: (d * (k - 1) // 2,) * 4  # noqa: E731
     cases = {
@@ -90,6 +94,25 @@ def _cases() -> Dict[str, Callable[[], None]]:
             img(bf16, True), img(bf16, True), w(128, 3, bf16), (1, 1), pad(3, 2), (2, 2), True, False),
         "dw+db fp32 NCHW k7 deterministic": lambda: launch.depthwise_bwd_weight(
             img(fp32, False), img(fp32, False), w(128, 7, fp32), (1, 1), pad(7, 1), (1, 1), True, True),
+        "pw fwd bf16 NHWC C128 M128": lambda: launch.pointwise_fwd(
+            img(bf16, True), w2(128, 128, bf16), torch.empty(128, dtype=bf16), True),
+        "pw fwd fp16 NCHW C128 M256": lambda: launch.pointwise_fwd(
+            img(fp16, False), w2(256, 128, fp16), None, False),
+        "pw fwd fp32 NHWC tf32": lambda: launch.pointwise_fwd(
+            img(fp32, True), w2(128, 128, fp32), None, True),
+        "pw dx bf16 NHWC": lambda: launch.pointwise_bwd_input(
+            img(bf16, True), w2(128, 128, bf16), True),
+        "pw dW+db bf16 NHWC atomic": lambda: launch.pointwise_bwd_weight(
+            img(bf16, True), img(bf16, True), w2(128, 128, bf16), True, False),
+        "fused bf16 NHWC k3 d2 C128 M128": lambda: launch.dsd_fwd(
+            img(bf16, True), w(128, 3, bf16), torch.empty(128, dtype=bf16), w2(128, 128, bf16),
+            torch.empty(128, dtype=bf16), (1, 1), pad(3, 2), (2, 2), True),
+        "fused fp16 NCHW k7 C128 M64": lambda: launch.dsd_fwd(
+            img(fp16, False), w(128, 7, fp16), None, w2(64, 128, fp16), None, (1, 1), pad(7, 1),
+            (1, 1), False),
+        "fused bf16 1D-NLC k5 d4 C256 M256": lambda: launch.dsd_fwd(
+            seq(bf16, True), w(256, 5, bf16, kh=1), None, w2(256, 256, bf16), None, (1, 1),
+            (0, 0, 16, 0), (1, 4), True),
     }
     return cases
 
@@ -124,7 +147,7 @@ def _analyse(cubin: bytes, cubin_path: str) -> Dict[str, int]:
         return int(m.group(1)) if m else 0
 
     return dict(regs=field("REG"), spill_bytes=field("LOCAL"), shared_bytes=field("SHARED"),
-                ldg128=len(re.findall(r"\bLDG\.E\.128\b", sass)),
+                ldg128=len(re.findall(r"\bLDG(?:STS)?\.E(?:\.[A-Z0-9_]+)*\.128\b", sass)),
                 hgmma=len(re.findall(r"\bHGMMA\.", sass)),
                 hmma=len(re.findall(r"\bHMMA\.", sass)))
 
@@ -151,6 +174,8 @@ def collect(archs: Sequence[int] = (80, 90), cubin_dir: Optional[str] = None,
                 try:
                     compiled = _compile(kernel, args, kwargs, arch)
                     stats = _analyse(compiled.asm["cubin"], os.path.join(out_dir, slug + ".cubin"))
+                    # Triton's shared memory is dynamic: the cubin shows only the static part
+                    stats["shared_bytes"] = max(stats["shared_bytes"], compiled.metadata.shared)
                     rows.append(Row(name, case, arch, **stats))
                 except Exception as e:  # reported as a failing row, never swallowed
                     rows.append(Row(name, case, arch, 0, 0, 0, 0, 0, 0,

@@ -19,6 +19,9 @@ import triton
 import triton.language as tl
 
 from triton_dsd.kernels import depthwise as _dw
+from triton_dsd.kernels import fused as _fused
+from triton_dsd.kernels import pointwise as _pw
+from triton_dsd.kernels import reduce as _reduce
 
 #: launches per kernel name since import (or since the last ``LAUNCHES.clear()``)
 LAUNCHES: collections.Counter = collections.Counter()
@@ -35,6 +38,34 @@ def interpreting() -> bool:
 
 #: while not None, launches are recorded here instead of run (see :func:`capture_launches`)
 _CAPTURE: Optional[list] = None
+
+
+def _patch_interpreter_bf16_dot() -> None:
+    """The interpreter keeps bf16 as raw uint16 and its ``tl.dot`` multiplies those integers
+    (upstream triton-lang/triton#11584). Widen bf16 operands to fp32 first — exactly what the
+    tensor cores do with bf16 products. Applied only when interpreting; GPU code is untouched."""
+    try:
+        from triton.runtime import interpreter as _interp
+    except ImportError:  # pragma: no cover - no interpreter in this Triton
+        return
+    builder = getattr(_interp, "InterpreterBuilder", None)
+    if builder is None or getattr(builder.create_dot, "_triton_dsd_bf16", False):
+        return
+    original = builder.create_dot
+
+    def create_dot(self, a, b, d, *args, **kwargs):
+        if a.dtype.scalar == tl.bfloat16:
+            a = self.cast_impl(a, tl.float32)
+        if b.dtype.scalar == tl.bfloat16:
+            b = self.cast_impl(b, tl.float32)
+        return original(self, a, b, d, *args, **kwargs)
+
+    create_dot._triton_dsd_bf16 = True
+    builder.create_dot = create_dot
+
+
+if interpreting():
+    _patch_interpreter_bf16_dot()
 
 
 def _launch(kernel, grid, *args, **kwargs):
@@ -193,6 +224,16 @@ def depthwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tenso
     return dx
 
 
+def splitk_finish(part: torch.Tensor, out: torch.Tensor) -> None:
+    """out[r, c] = sum_s part[s, r, c] in a fixed order, cast to out's dtype (any strides)."""
+    S, R, C = part.shape
+    block_r = min(_pow2(R), 64)
+    block_c = min(_pow2(C), 128)
+    _launch(_reduce.splitk_reduce_kernel, (triton.cdiv(R, block_r), triton.cdiv(C, block_c)),
+            part, out, S, R, C, *part.stride(), *out.stride(),
+            ACC=_acc_dtype(part.dtype), BLOCK_R=block_r, BLOCK_C=block_c)
+
+
 def dw_splits(total_tiles: int, c_blocks: int, device: torch.device) -> Tuple[int, int]:
     """Split the dW reduction so that about four waves of programs fill the GPU."""
     if total_tiles == 0:
@@ -234,11 +275,172 @@ def depthwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
                 IDX64=_needs_int64(x, grad), ACC=_acc_dtype(x.dtype), **geo, **cfg)
     else:
         part.zero_()
-    block_t = _pow2(n_rows)
-    block_c = max(1, min(_pow2(C_out), 128, 8192 // block_t))
-    _launch(_dw.depthwise_bwd_weight_finalize_kernel, (triton.cdiv(C_out, block_c),),
-            part, dw, db if need_bias else dw, C_out, part.shape[0],
-            *dw.stride()[:1], *dw.stride()[2:],
-            KH=KH, KW=KW, HAS_BIAS=need_bias, ACC=_acc_dtype(x.dtype),
-            BLOCK_T=block_t, BLOCK_C=block_c)
+    T = KH * KW
+    splitk_finish(part[:, :T, :], dw.view(C_out, T).t())
+    if need_bias:
+        splitk_finish(part[:, T:, :], db.view(1, C_out))
     return dw, db
+
+
+# --------------------------------------------------------------------------- pointwise / fused
+def allow_tf32(dtype: torch.dtype) -> bool:
+    """fp32 GEMMs use TF32 exactly when eager convolutions do (cuDNN's flag, default True)."""
+    return dtype == torch.float32 and bool(torch.backends.cudnn.allow_tf32)
+
+
+def _pixel_addressing(t: torch.Tensor) -> Tuple[int, int, int, bool]:
+    """(W, stride_h, stride_w, PIX_2D) for a 4D map: PIX_2D is False when the (H, W) axes
+    flatten into one pixel axis of stride ``stride_w`` (NCHW, channels_last, 1D views)."""
+    _, _, H, W = t.shape
+    sh, sw = t.stride(2), t.stride(3)
+    if H == 1:
+        return W, sh, sw, False
+    if W == 1:
+        return W, sh, sh, False
+    return W, sh, sw, sh != W * sw
+
+
+def _fold_batch(P: int, *maps: Tuple[torch.Tensor, int]) -> bool:
+    """True if every (map, pixel stride) continues its pixel axis across the batch (channels_last
+    contiguous maps): the GEMM then runs over N*P pixels as one image."""
+    return all(t.shape[0] == 1 or t.stride(0) == P * ps for t, ps in maps)
+
+
+#: shared memory the default GEMM configs may use for their pipeline stages (fits sm_80 and
+#: sm_90 with room for two blocks per SM)
+_SMEM_BUDGET = 100 * 1024
+
+
+def pointwise_config(P: int, M: int, K: int, elem_bytes: int = 2) -> Dict[str, int]:
+    interp = interpreting()
+    block_p = min(max(_pow2(P), 16), 256 if interp else 128)
+    block_m = min(max(_pow2(M), 16), 128)
+    block_k = min(max(_pow2(K), 16), 128 if interp else 64)
+    stages = 3
+    while not interp and block_k > 16 and \
+            stages * (block_p + block_m) * block_k * elem_bytes > _SMEM_BUDGET:
+        block_k //= 2
+    warps = 8 if block_p * block_m >= 128 * 128 else 4
+    return dict(BLOCK_P=block_p, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps,
+                num_stages=stages)
+
+
+def _gemm(x: torch.Tensor, w_mk: Tuple[int, int, int, int], w: torch.Tensor,
+          bias: Optional[torch.Tensor], out_channels_last: bool) -> torch.Tensor:
+    """y[n, m, p] = sum_k x[n, k, p] * w[m, k] (+ b[m]); w_mk = (M, K, stride_m, stride_k) of w."""
+    N, K, H, W = x.shape
+    M, _, swm, swk = w_mk
+    P = H * W
+    y = new_output((N, M, H, W), x, out_channels_last)
+    if y.numel() == 0:
+        return y
+    w_pix, sxh, sxw, pix2d = _pixel_addressing(x)
+    syp = y.stride(3) if W > 1 else y.stride(2)
+    n_eff, p_eff = N, P
+    if not pix2d and _fold_batch(P, (x, sxw), (y, syp)):
+        n_eff, p_eff = 1, N * P
+    cfg = pointwise_config(p_eff, M, K, x.element_size())
+    n_pb, n_mb = triton.cdiv(p_eff, cfg["BLOCK_P"]), triton.cdiv(M, cfg["BLOCK_M"])
+    _launch(_pw.pointwise_fwd_kernel, (n_eff * n_pb * n_mb,),
+            x, w, bias if bias is not None else w, y,
+            K, M, p_eff, w_pix, n_pb, n_mb,
+            x.stride(0), x.stride(1), sxh, sxw, swm, swk, y.stride(0), y.stride(1), syp,
+            HAS_BIAS=bias is not None, PIX_2D=pix2d, ALLOW_TF32=allow_tf32(x.dtype),
+            IDX64=_needs_int64(x, y), ACC=_acc_dtype(x.dtype), **cfg)
+    return y
+
+
+def pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  channels_last: bool) -> torch.Tensor:
+    """y = 1x1 conv of x (N, K, H, W) with weight (M, K, 1, 1)."""
+    M, K = weight.shape[:2]
+    return _gemm(x, (M, K, weight.stride(0), weight.stride(1)), weight, bias, channels_last)
+
+
+def pointwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor,
+                        channels_last: bool) -> torch.Tensor:
+    """dx[n, k, p] = sum_m dy[n, m, p] * W[m, k]: the forward GEMM with W transposed."""
+    M, K = weight.shape[:2]
+    return _gemm(grad, (K, M, weight.stride(1), weight.stride(0)), weight, None, channels_last)
+
+
+def pointwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         need_bias: bool, deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(dW (M, K, 1, 1), db (M,)) of a 1x1 conv; db is empty unless ``need_bias``."""
+    N, K, H, W = x.shape
+    M = grad.shape[1]
+    P = H * W
+    dw = new_output((M, K, 1, 1), weight, False, dtype=grad.dtype)
+    db = new_output((M, 1, 1, 1), weight, False, dtype=grad.dtype).view(M) if need_bias \
+        else grad.new_empty((0,))
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if not (grad.shape[3] == 1 or grad.stride(2) == grad.shape[3] * grad.stride(3)):
+        grad = grad.contiguous()  # rare (an expanded/strided gradient): give it a pixel axis
+    w_pix, sxh, sxw, pix2d = _pixel_addressing(x)
+    sdp = grad.stride(3) if W > 1 else grad.stride(2)
+    n_eff, p_eff = N, P
+    if not pix2d and _fold_batch(P, (x, sxw), (grad, sdp)):
+        n_eff, p_eff = 1, N * P
+    interp = interpreting()
+    cfg = dict(BLOCK_P=min(max(_pow2(p_eff), 16), 256 if interp else 64),
+               BLOCK_M=min(max(_pow2(M), 16), 128 if interp else 64),
+               BLOCK_K=min(max(_pow2(K), 16), 128 if interp else 64), num_warps=4, num_stages=3)
+    n_pb = triton.cdiv(p_eff, cfg["BLOCK_P"])
+    n_mb, n_kb = triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K, cfg["BLOCK_K"])
+    total = n_eff * n_pb
+    n_splits, per_split = dw_splits(total, n_mb * n_kb, x.device)
+    rows = n_splits if deterministic else 1
+    alloc = torch.empty if deterministic else torch.zeros
+    part_w = alloc((rows, M, K), dtype=acc, device=x.device)
+    part_b = alloc((rows, M), dtype=acc, device=x.device)
+    if total > 0 and M > 0 and K > 0:
+        _launch(_pw.pointwise_bwd_weight_kernel, (n_splits, n_mb * n_kb),
+                x, grad, part_w, part_b, K, M, p_eff, w_pix, n_pb, total, per_split, n_kb,
+                x.stride(0), x.stride(1), sxh, sxw, grad.stride(0), grad.stride(1), sdp,
+                HAS_BIAS=need_bias, ATOMIC=not deterministic, PIX_2D=pix2d,
+                ALLOW_TF32=allow_tf32(x.dtype), IDX64=_needs_int64(x, grad),
+                ACC=_acc_dtype(x.dtype), **cfg)
+    else:
+        part_w.zero_()
+        part_b.zero_()
+    splitk_finish(part_w, dw.view(M, K))
+    if need_bias:
+        splitk_finish(part_b.unsqueeze(2), db.view(M, 1))
+    return dw, db
+
+
+def fused_config(P: int, M: int, CM: int, taps: int) -> Dict[str, int]:
+    interp = interpreting()
+    block_p = min(max(_pow2(P), 16), 256 if interp else 64)
+    block_m = min(max(_pow2(M), 16), 128)
+    block_k = min(max(_pow2(CM), 16), 64 if interp else 32)
+    warps = 8 if block_m >= 128 else 4
+    return dict(BLOCK_P=block_p, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, num_stages=2)
+
+
+def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
+            pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], stride: Sequence[int],
+            pads: Sequence[int], dilation: Sequence[int], channels_last: bool) -> torch.Tensor:
+    """y = pointwise(depthwise(x)) in ONE launch; the depthwise output stays on chip."""
+    N, C, H, W = x.shape
+    CM, _, KH, KW = dw_weight.shape
+    M = pw_weight.shape[0]
+    OH = out_size(H, KH, stride[0], dilation[0], pads[0], pads[1])
+    OW = out_size(W, KW, stride[1], dilation[1], pads[2], pads[3])
+    y = new_output((N, M, OH, OW), x, channels_last)
+    if y.numel() == 0:
+        return y
+    cfg = fused_config(OH * OW, M, CM, KH * KW)
+    n_pb, n_mb = triton.cdiv(OH * OW, cfg["BLOCK_P"]), triton.cdiv(M, cfg["BLOCK_M"])
+    geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
+    syp = y.stride(3) if OW > 1 else y.stride(2)
+    _launch(_fused.dsd_fwd_kernel, (N * n_pb * n_mb,),
+            x, dw_weight, dw_bias if dw_bias is not None else dw_weight, pw_weight,
+            pw_bias if pw_bias is not None else pw_weight, y,
+            CM, M, H, W, OH, OW, n_pb, n_mb,
+            *x.stride(), *dw_weight.stride()[:1], *dw_weight.stride()[2:],
+            pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
+            MULT=CM // C, HAS_DW_BIAS=dw_bias is not None, HAS_PW_BIAS=pw_bias is not None,
+            ALLOW_TF32=allow_tf32(x.dtype), IDX64=_needs_int64(x, y), ACC=_acc_dtype(x.dtype),
+            **geo, **cfg)
+    return y

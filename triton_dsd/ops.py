@@ -97,17 +97,22 @@ def _depthwise_setup(ctx, inputs, output):
     ctx.deterministic = deterministic
 
 
+def _depthwise_grads(grad, x, weight, geometry, need_x, need_w, need_b, deterministic):
+    dx = dw = db = None
+    if need_x:
+        dx = depthwise_bwd_input(grad, weight, x, *geometry)
+    if need_w or need_b:
+        dw, db = depthwise_bwd_weight(grad, x, weight, *geometry, need_b, deterministic)
+        dw = dw if need_w else None
+        db = db if need_b else None
+    return dx, dw, db
+
+
 def _depthwise_backward(ctx, grad):
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    need_b = need_b and ctx.has_bias
-    dx = dw = db = None
-    if need_x:
-        dx = depthwise_bwd_input(grad, weight, x, *ctx.geometry)
-    if need_w or need_b:
-        dw, db = depthwise_bwd_weight(grad, x, weight, *ctx.geometry, need_b, ctx.deterministic)
-        dw = dw if need_w else None
-        db = db if need_b else None
+    dx, dw, db = _depthwise_grads(grad, x, weight, ctx.geometry, need_x, need_w,
+                                  need_b and ctx.has_bias, ctx.deterministic)
     return dx, dw, db, None, None, None, None
 
 
@@ -130,3 +135,133 @@ def depthwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequenc
         return depthwise_fwd(x, weight, bias, list(stride), list(padding), list(dilation),
                              deterministic)
     return _eager_depthwise(x, weight, bias, stride, padding, dilation)
+
+
+# --------------------------------------------------------------------------- pointwise
+@torch.library.custom_op("triton_dsd::pointwise_fwd", mutates_args=())
+def pointwise_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], deterministic: bool) -> Tensor:
+    """1x1 conv forward, a Triton GEMM (``deterministic`` is for the backward)."""
+    _require_triton(x)
+    return launch.pointwise_fwd(x, weight, bias, launch.is_channels_last_2d(x))
+
+
+@pointwise_fwd.register_fake
+def _(x, weight, bias, deterministic):
+    return _fake_like(x, (x.shape[0], weight.shape[0], *x.shape[2:]), launch.is_channels_last_2d(x))
+
+
+@torch.library.custom_op("triton_dsd::pointwise_bwd_input", mutates_args=())
+def pointwise_bwd_input(grad: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+    """dx of a 1x1 conv (``x`` gives the memory format only)."""
+    _require_triton(grad)
+    return launch.pointwise_bwd_input(grad, weight, launch.is_channels_last_2d(x))
+
+
+@pointwise_bwd_input.register_fake
+def _(grad, weight, x):
+    return _fake_like(grad, (grad.shape[0], weight.shape[1], *grad.shape[2:]),
+                      launch.is_channels_last_2d(x))
+
+
+@torch.library.custom_op("triton_dsd::pointwise_bwd_weight", mutates_args=())
+def pointwise_bwd_weight(grad: Tensor, x: Tensor, weight: Tensor, need_bias: bool,
+                         deterministic: bool) -> Tuple[Tensor, Tensor]:
+    """(dW, db) of a 1x1 conv; db is empty unless ``need_bias``."""
+    _require_triton(grad)
+    return launch.pointwise_bwd_weight(grad, x, weight, need_bias, deterministic)
+
+
+@pointwise_bwd_weight.register_fake
+def _(grad, x, weight, need_bias, deterministic):
+    return grad.new_empty(weight.shape), grad.new_empty((weight.shape[0],) if need_bias else (0,))
+
+
+def _pointwise_setup(ctx, inputs, output):
+    x, weight, bias, deterministic = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+    ctx.deterministic = deterministic
+
+
+def _pointwise_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    dx, dw, db = _pointwise_grads(grad, x, weight, need_x, need_w, need_b and ctx.has_bias,
+                                  ctx.deterministic)
+    return dx, dw, db, None
+
+
+def _pointwise_grads(grad, z, weight, need_z, need_w, need_b, deterministic):
+    dz = dw = db = None
+    if need_z:
+        dz = pointwise_bwd_input(grad, weight, z)
+    if need_w or need_b:
+        dw, db = pointwise_bwd_weight(grad, z, weight, need_b, deterministic)
+        dw = dw if need_w else None
+        db = db if need_b else None
+    return dz, dw, db
+
+
+pointwise_fwd.register_autograd(_pointwise_backward, setup_context=_pointwise_setup)
+
+
+def pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], deterministic: bool) -> Tensor:
+    """1x1 conv by the device policy: the Triton custom op, or eager PyTorch."""
+    if use_triton(x):
+        return pointwise_fwd(x, weight, bias, deterministic)
+    return F.conv2d(x, weight, bias)
+
+
+# --------------------------------------------------------------------------- fused layer
+@torch.library.custom_op("triton_dsd::dsd_fwd", mutates_args=())
+def dsd_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
+            pw_bias: Optional[Tensor], stride: List[int], padding: List[int],
+            dilation: List[int], deterministic: bool) -> Tensor:
+    """The whole separable layer in ONE kernel launch; the depthwise output never leaves the chip."""
+    _require_triton(x)
+    return launch.dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+                          launch.is_channels_last_2d(x))
+
+
+@dsd_fwd.register_fake
+def _(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, deterministic):
+    oh, ow = _out_hw(x, dw_weight, stride, padding, dilation)
+    return _fake_like(x, (x.shape[0], pw_weight.shape[0], oh, ow), launch.is_channels_last_2d(x))
+
+
+def _dsd_setup(ctx, inputs, output):
+    x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, deterministic = inputs
+    # the only activation kept is x: z is recomputed in the backward
+    ctx.save_for_backward(x, dw_weight, dw_bias, pw_weight)
+    ctx.geometry = (stride, padding, dilation)
+    ctx.has_bias = (dw_bias is not None, pw_bias is not None)
+    ctx.deterministic = deterministic
+
+
+def _dsd_backward(ctx, grad):
+    x, dw_weight, dw_bias, pw_weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    need_dwb, need_pwb = need[2] and ctx.has_bias[0], need[4] and ctx.has_bias[1]
+    z = depthwise_fwd(x, dw_weight, dw_bias, *ctx.geometry, ctx.deterministic)
+    need_z = need[0] or need[1] or need_dwb
+    dz, dpw, dpb = _pointwise_grads(grad, z, pw_weight, need_z, need[3], need_pwb,
+                                    ctx.deterministic)
+    dx = ddw = ddb = None
+    if need_z:
+        dx, ddw, ddb = _depthwise_grads(dz, x, dw_weight, ctx.geometry, need[0], need[1],
+                                        need_dwb, ctx.deterministic)
+    return dx, ddw, ddb, dpw, dpb, None, None, None, None
+
+
+dsd_fwd.register_autograd(_dsd_backward, setup_context=_dsd_setup)
+
+
+def dsd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
+        pw_bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+        dilation: Sequence[int], fused: bool, deterministic: bool) -> Tensor:
+    """The separable layer by the device policy: fused Triton, two Triton stages, or eager."""
+    if use_triton(x) and fused:
+        return dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, list(stride), list(padding),
+                       list(dilation), deterministic)
+    z = depthwise(x, dw_weight, dw_bias, stride, padding, dilation, deterministic)
+    return pointwise(z, pw_weight, pw_bias, deterministic)

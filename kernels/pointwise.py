@@ -1,0 +1,147 @@
+"""Pointwise (1x1) convolution kernels: a GEMM over pixels, and its weight gradient.
+
+Notation: x (N, K, P) and y (N, M, P) are feature maps whose P = H*W pixels are addressed by
+strides; w is an (M, K) matrix addressed by strides (a (M, K, 1, 1) conv weight, or its
+transpose for the input gradient). channels_last maps give [P, K] x [K, M]; NCHW maps give the
+same product with the pixel axis contiguous; Triton lays the tiles out for either. fp16/bf16
+operands go to the tensor cores (HMMA / HGMMA) with an fp32 accumulator; fp32 operands use TF32
+when ALLOW_TF32 (torch.backends.cuda.matmul.allow_tf32), IEEE fp32 otherwise.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, acc, ALLOW_TF32: tl.constexpr):
+    """acc += a @ b, TF32 only where allowed (it matters only for fp32 operands)."""
+    if ALLOW_TF32:
+        return tl.dot(a, b, acc, input_precision="tf32")
+    else:
+        return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def _pixel_offsets(p, W_PIX, stride_h, stride_w, PIX_2D: tl.constexpr):
+    """Element offsets of flat pixel indices p: p*stride_w, or (p // W)*stride_h + (p % W)*stride_w
+    for views whose (H, W) axes cannot be flattened into one stride."""
+    if PIX_2D:
+        return (p // W_PIX) * stride_h + (p % W_PIX) * stride_w
+    else:
+        return p * stride_w
+
+
+@triton.jit
+def pointwise_fwd_kernel(
+    x_ptr,  # input x (N, K, P) by strides (pixels through _pixel_offsets)
+    w_ptr,  # weight w (M, K) by strides
+    b_ptr,  # bias (M,), contiguous; read only when HAS_BIAS
+    y_ptr,  # output y (N, M, P) by strides; its pixels always flatten (stride_yp)
+    K, M, P, W_PIX, n_p_blocks, n_m_blocks,
+    stride_xn, stride_xk, stride_xh, stride_xw,
+    stride_wm, stride_wk,
+    stride_yn, stride_ym, stride_yp,
+    HAS_BIAS: tl.constexpr, PIX_2D: tl.constexpr, ALLOW_TF32: tl.constexpr,
+    IDX64: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[n, m, p] = sum_k x[n, k, p] * w[m, k] + b[m].
+
+    Also the input gradient of a pointwise conv: dx[n, k, p] = sum_m dy[n, m, p] * W[m, k] is
+    this kernel with x = dy and w = W^T (strides swapped). Grid: (N * n_p_blocks * n_m_blocks,),
+    the M blocks of one pixel block adjacent so its x tile is reused from L2.
+    """
+    pid = tl.program_id(0)
+    pid_m = pid % n_m_blocks
+    rest = pid // n_m_blocks
+    pid_p = rest % n_p_blocks
+    n = tl.cast(rest // n_p_blocks, tl.int64)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if IDX64:
+        p = p.to(tl.int64)
+        m = m.to(tl.int64)
+    mask_p = p < P
+    mask_m = m < M
+    x_rows = x_ptr + n * stride_xn + _pixel_offsets(p, W_PIX, stride_xh, stride_xw, PIX_2D)
+    acc = tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        if IDX64:
+            k = k.to(tl.int64)
+        mask_k = k < K
+        a = tl.load(x_rows[:, None] + k[None, :] * stride_xk,
+                    mask=mask_p[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(w_ptr + k[:, None] * stride_wk + m[None, :] * stride_wm,
+                    mask=mask_k[:, None] & mask_m[None, :], other=0.0)
+        acc = _dot(a, b, acc, ALLOW_TF32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + m, mask=mask_m, other=0.0).to(ACC)[None, :]
+    y_ptrs = y_ptr + n * stride_yn + p[:, None] * stride_yp + m[None, :] * stride_ym
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_m[None, :])
+
+
+@triton.jit
+def pointwise_bwd_weight_kernel(
+    x_ptr,  # layer input x (N, K, P) by strides (pixels through _pixel_offsets)
+    dy_ptr,  # output gradient dy (N, M, P) by strides; its pixels flatten (stride_dyp)
+    pw_part_ptr,  # dW partial sums (n_splits, M, K), contiguous, ACC dtype
+    pb_part_ptr,  # db partial sums (n_splits, M), contiguous, ACC dtype; used when HAS_BIAS
+    K, M, P, W_PIX, n_p_blocks, total_blocks, blocks_per_split, n_k_blocks,
+    stride_xn, stride_xk, stride_xh, stride_xw,
+    stride_dyn, stride_dym, stride_dyp,
+    HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, PIX_2D: tl.constexpr,
+    ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Split-K over the N*P pixels:
+
+    dW[m, k] = sum_{n, p} dy[n, m, p] * x[n, k, p]        db[m] = sum_{n, p} dy[n, m, p]
+
+    Program (s, (m, k)) sums pixel blocks [s*blocks_per_split, (s+1)*blocks_per_split) of the
+    flat (n, pixel block) space. ATOMIC: atomic adds into split row 0; otherwise each split
+    stores its own row, finished by ``reduce.splitk_reduce_kernel`` in a fixed order. The
+    k-block-0 programs also sum db. Grid: (n_splits, n_m_blocks * n_k_blocks).
+    """
+    pid_s = tl.program_id(0)
+    pid_mk = tl.program_id(1)
+    pid_m = pid_mk // n_k_blocks
+    pid_k = pid_mk % n_k_blocks
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_m = m < M
+    mask_k = k < K
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=ACC)
+    acc_b = tl.zeros([BLOCK_M], dtype=ACC)
+    b_start = pid_s * blocks_per_split
+    b_end = tl.minimum(b_start + blocks_per_split, total_blocks)
+    for blk in range(b_start, b_end):
+        n = tl.cast(blk // n_p_blocks, tl.int64)
+        p = (blk % n_p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+        if IDX64:
+            p = p.to(tl.int64)
+        mask_p = p < P
+        dy = tl.load(dy_ptr + n * stride_dyn + m[:, None] * stride_dym + p[None, :] * stride_dyp,
+                     mask=mask_m[:, None] & mask_p[None, :], other=0.0)
+        xo = _pixel_offsets(p, W_PIX, stride_xh, stride_xw, PIX_2D)
+        xv = tl.load(x_ptr + n * stride_xn + xo[:, None] + k[None, :] * stride_xk,
+                     mask=mask_p[:, None] & mask_k[None, :], other=0.0)
+        acc = _dot(dy, xv, acc, ALLOW_TF32)
+        if HAS_BIAS:
+            acc_b += tl.sum(dy.to(ACC), axis=1)
+    if ATOMIC:
+        row = 0
+    else:
+        row = pid_s
+    w_ptrs = pw_part_ptr + tl.cast(row, tl.int64) * M * K + m[:, None] * K + k[None, :]
+    w_mask = mask_m[:, None] & mask_k[None, :]
+    if ATOMIC:
+        tl.atomic_add(w_ptrs, acc, mask=w_mask)
+    else:
+        tl.store(w_ptrs, acc, mask=w_mask)
+    if HAS_BIAS:
+        if pid_k == 0:
+            b_ptrs = pb_part_ptr + tl.cast(row, tl.int64) * M + m
+            if ATOMIC:
+                tl.atomic_add(b_ptrs, acc_b, mask=mask_m)
+            else:
+                tl.store(b_ptrs, acc_b, mask=mask_m)

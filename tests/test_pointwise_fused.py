@@ -1,0 +1,208 @@
+"""Pointwise stage and the whole separable layer (fused and unfused) against eager in float64:
+the output and all five gradients; the fused forward is one launch and keeps only x."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import triton_dsd
+from triton_dsd import launch
+from triton_dsd.testing import assert_close, reference
+from conftest import DEVICE, ran
+from pairwise import pairwise
+from test_depthwise import DTYPES, _layout, _id, _valid
+
+TF32 = DEVICE == "cuda"
+
+
+def _tf32(dtype):
+    return TF32 and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("case", pairwise(dict(
+    C=[1, 5, 16, 40], M=[1, 7, 32, 70], dtype=DTYPES, layout=["nchw", "cl", "slice"],
+    bias=[True, False], dim=[1, 2], hw=[(3, 5), (1, 7), (4, 1)]), seed=5), ids=_id)
+def test_pointwise_grid(case):
+    C, M, dtype, layout, bias, dim = (case[k] for k in ("C", "M", "dtype", "layout", "bias", "dim"))
+    g = torch.Generator().manual_seed(C * 100 + M)
+    spatial = case["hw"] if dim == 2 else (case["hw"][0] * case["hw"][1],)
+    x = torch.randn(2, C, *spatial, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(M, C, *(1,) * dim, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(M, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    x = _layout(x.to(DEVICE), layout).requires_grad_()
+    w = w.to(DEVICE).requires_grad_()
+    b = b.to(DEVICE).requires_grad_() if bias else None
+    fn = triton_dsd.pointwise_conv2d if dim == 2 else triton_dsd.pointwise_conv1d
+    y = fn(x, w, b)
+    xr, wr, br = reference(x), reference(w), reference(b)
+    yr = (F.conv2d if dim == 2 else F.conv1d)(xr, wr, br)
+    tf = _tf32(dtype)
+    assert_close(y, yr, dtype, C, "y", tf32=tf)
+    if dim == 2:
+        assert y.stride() == yr.stride(), (y.stride(), yr.stride())
+    dy = torch.randn(yr.shape, generator=g, dtype=torch.float64).to(dtype)
+    y.backward(dy.to(DEVICE))
+    yr.backward(dy.double())
+    pixels = 2 * math.prod(spatial)
+    assert_close(x.grad, xr.grad, dtype, M, "dx", tf32=tf)
+    assert_close(w.grad, wr.grad, dtype, pixels, "dw", tf32=tf)
+    if bias:
+        assert_close(b.grad, br.grad, dtype, pixels, "db")
+    assert ran("pointwise_fwd_kernel", "pointwise_bwd_weight_kernel", "splitk_reduce_kernel")
+
+
+def _eager_dsd(x, wd, bd, wp, bp, stride, padding, dilation, dim, dtype):
+    conv = F.conv2d if dim == 2 else F.conv1d
+    if padding == "causal":
+        x = F.pad(x, (dilation * (wd.shape[-1] - 1), 0))
+        padding = 0
+    z = conv(x, wd, bd, stride, padding, dilation, groups=x.shape[1])
+    z = z.to(dtype).to(torch.float64)  # eager keeps z in the input dtype
+    return conv(z, wp, bp)
+
+
+def check_dsd(dim, dtype, layout, N, C, M, m, K, stride, padding, dilation, biases, extra, fused,
+              deterministic=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ks = K if isinstance(K, tuple) else (K,) * dim
+    spatial = [dilation * (k - 1) + 1 + e for k, e in zip(ks, extra)]
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+    x = _layout(r(N, C, *spatial).to(DEVICE), layout).requires_grad_()
+    params = [r(C * m, 1, *ks), r(C * m) if biases[0] else None,
+              r(M, C * m, *(1,) * dim), r(M) if biases[1] else None]
+    params = [p.to(DEVICE).requires_grad_() if p is not None else None for p in params]
+    fn = triton_dsd.dsd_conv2d if dim == 2 else triton_dsd.dsd_conv1d
+    launch.LAUNCHES.clear()
+    y = fn(x, *params, stride, padding, dilation, fused=fused, deterministic=deterministic)
+    if fused:
+        assert dict(launch.LAUNCHES) == {"dsd_fwd_kernel": 1}, dict(launch.LAUNCHES)
+    else:
+        assert launch.LAUNCHES["depthwise_fwd_kernel"] == 1
+        assert launch.LAUNCHES["pointwise_fwd_kernel"] == 1
+    xr = reference(x)
+    pr = [reference(p) for p in params]
+    yr = _eager_dsd(xr, *pr, stride, padding, dilation, dim, dtype)
+    taps = math.prod(ks)
+    tf = _tf32(dtype)
+    assert_close(y, yr, dtype, C * m * taps, "y", tf32=tf)
+    if dim == 2:
+        assert y.stride() == yr.stride(), (y.stride(), yr.stride())
+    dy = torch.randn(yr.shape, generator=g, dtype=torch.float64).to(dtype)
+    y.backward(dy.to(DEVICE))
+    yr.backward(dy.double())
+    pixels = N * math.prod(yr.shape[2:])
+    assert_close(x.grad, xr.grad, dtype, M * taps * m, "dx", tf32=tf)
+    for name, p, q in zip(("dw_weight", "dw_bias", "pw_weight", "pw_bias"), params, pr):
+        if p is not None:
+            assert_close(p.grad, q.grad, dtype, pixels * (M if name.startswith("dw") else 1),
+                         name, tf32=tf)
+    assert ran("depthwise_bwd_input_kernel", "depthwise_bwd_weight_kernel",
+               "pointwise_bwd_weight_kernel", "pointwise_fwd_kernel")
+
+
+DSD_GRID = pairwise(dict(
+    dim=[2, 1],
+    C=[1, 5, 16, 40],
+    M=[1, 7, 32, 70],
+    K=[1, 2, 3, 5, 7],
+    dilation=[1, 2, 3],
+    stride=[1, 2],
+    padding=[0, 1, "same", "valid"],
+    m=[1, 2],
+    dtype=DTYPES,
+    layout=["nchw", "cl", "slice"],
+    biases=[(True, True), (False, True), (True, False)],
+    fused=[True, False],
+), valid=_valid, seed=7)
+
+
+@pytest.mark.parametrize("case", DSD_GRID, ids=_id)
+def test_dsd_grid(case):
+    extra = (1, 4) if case["dim"] == 2 else (5,)
+    check_dsd(N=2, extra=extra, seed=len(_id(case)), **case)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("case", [
+    dict(dim=2, K=(3, 2), padding=(1, 2), stride=1, dilation=2),
+    dict(dim=2, K=2, padding="same", stride=1, dilation=3),
+    dict(dim=1, K=3, padding="causal", stride=1, dilation=4),
+    dict(dim=2, K=3, padding=(0, 1), stride=2, dilation=1),
+], ids=["nonsquare", "even-same", "causal", "stride2"])
+def test_dsd_named_cases(case, fused):
+    check_dsd(dtype=torch.float32, layout="cl", N=2, C=5, M=7, m=2, biases=(True, True),
+              extra=(2, 3) if case["dim"] == 2 else (4,), fused=fused, **case)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dsd_deterministic_is_bit_identical(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 9, 9, generator=g).to(dtype).to(DEVICE)
+    ps = [torch.randn(8, 1, 3, 3, generator=g), torch.randn(8, generator=g),
+          torch.randn(16, 8, 1, 1, generator=g), torch.randn(16, generator=g)]
+    grads = []
+    for _ in range(2):
+        p = [t.to(dtype).to(DEVICE).requires_grad_() for t in ps]
+        triton_dsd.dsd_conv2d(x, *p, 1, 2, 2, deterministic=True).float().square().sum().backward()
+        grads.append([t.grad for t in p])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("fused", [True, False])
+def test_dsd_gradcheck_fp64(dim, fused):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()  # noqa
+    if dim == 2:
+        args = (r(1, 2, 4, 5), r(4, 1, 3, 2), r(4), r(3, 4, 1, 1), r(3))
+        fn = lambda *a: triton_dsd.dsd_conv2d(*a, 1, "same", 2, fused=fused)  # noqa: E731
+    else:
+        args = (r(2, 3, 9), r(3, 1, 3), r(3), r(4, 3, 1), r(4))
+        fn = lambda *a: triton_dsd.dsd_conv1d(*a, 1, "causal", 2, fused=fused)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args, fast_mode=True)
+    assert torch.autograd.gradcheck(lambda *a: fn(*a).square().sum(), args, fast_mode=True)
+
+
+def _saved_bytes(fn, *args):
+    """(activation bytes, parameter bytes) saved for backward by fn(*args)."""
+    params = {id(a) for a in args[1:] if a is not None}
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    act = sum(t.numel() * t.element_size() for t in saved
+              if id(t) not in params and t.data_ptr() != args[0].data_ptr())
+    x_saved = any(t.data_ptr() == args[0].data_ptr() for t in saved)
+    return act, x_saved
+
+
+def test_fused_saves_only_x():
+    """Fused: the only activation saved is x itself; unfused and eager also keep z."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 9, 9, generator=g).to(DEVICE).requires_grad_()
+    p = [torch.randn(16, 1, 3, 3, generator=g), torch.randn(16, generator=g),
+         torch.randn(8, 16, 1, 1, generator=g), torch.randn(8, generator=g)]
+    p = [t.to(DEVICE).requires_grad_() for t in p]
+    fused = _saved_bytes(lambda *a: triton_dsd.dsd_conv2d(*a, 1, 2, 2, fused=True), x, *p)
+    unfused = _saved_bytes(lambda *a: triton_dsd.dsd_conv2d(*a, 1, 2, 2, fused=False), x, *p)
+    z_bytes = 2 * 16 * 9 * 9 * 4
+    assert fused == (0, True), fused           # nothing but x (and the parameters)
+    assert unfused[0] == z_bytes and unfused[1], unfused
+
+
+def test_bf16_dot_shim_only_when_interpreting():
+    """The interpreter fix for bf16 tl.dot is installed exactly when interpreting."""
+    if not launch.interpreting():
+        pytest.skip("GPU run: nothing is patched")
+    from triton.runtime import interpreter
+    assert getattr(interpreter.InterpreterBuilder.create_dot, "_triton_dsd_bf16", False)
+    x = torch.randn(1, 16, 4, 4).bfloat16()
+    w = torch.randn(16, 16, 1, 1).bfloat16()
+    y = triton_dsd.pointwise_conv2d(x, w)
+    assert_close(y, F.conv2d(x.double(), w.double()), torch.bfloat16, 16)
