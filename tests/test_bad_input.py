@@ -11,6 +11,14 @@ X1 = lambda: torch.randn(1, 3, 16)  # noqa: E731
 W1 = lambda: torch.randn(3, 1, 3)  # noqa: E731
 d2, d1 = triton_dsd.depthwise_conv2d, triton_dsd.depthwise_conv1d
 
+
+def DSD2(dw=None, db=None, pw=None, pb=None):
+    """dsd_conv2d on a valid C=3, m=2, M=5 problem with one argument replaced."""
+    return triton_dsd.dsd_conv2d(X2(), torch.randn(6, 1, 3, 3) if dw is None else dw,
+                                 torch.zeros(6) if db is None else db,
+                                 torch.randn(5, 6, 1, 1) if pw is None else pw,
+                                 torch.zeros(5) if pb is None else pb, 1, 1, 1)
+
 CASES = [
     # (call, error type, words the message must contain)
     ("x not a tensor", lambda: d2([[1.0]], W2()), TypeError, "`x`"),
@@ -41,6 +49,22 @@ CASES = [
     ("output < 1", lambda: d2(torch.randn(1, 3, 4, 8), W2(), dilation=2), ValueError, "`x`"),
     ("output < 1 (1D)", lambda: d1(torch.randn(1, 3, 2), W1()), ValueError, "`x`"),
     ("no channels", lambda: d2(torch.randn(1, 0, 8, 8), W2()), ValueError, "`x`"),
+    # pointwise
+    ("pw weight channels", lambda: triton_dsd.pointwise_conv2d(X2(), torch.randn(4, 2, 1, 1)), ValueError, "`weight`"),
+    ("pw weight not 1x1", lambda: triton_dsd.pointwise_conv2d(X2(), torch.randn(4, 3, 3, 3)), ValueError, "`weight`"),
+    ("pw bias shape", lambda: triton_dsd.pointwise_conv1d(X1(), torch.randn(4, 3, 1), torch.zeros(3)), ValueError, "`bias`"),
+    ("pw dtype mix", lambda: triton_dsd.pointwise_conv2d(X2(), torch.randn(4, 3, 1, 1).half()), TypeError, "`weight`"),
+    # whole layer
+    ("dsd pw_weight C*m", lambda: DSD2(pw=torch.randn(5, 4, 1, 1)), ValueError, "`pw_weight`"),
+    ("dsd pw_weight rank", lambda: DSD2(pw=torch.randn(5, 6)), ValueError, "`pw_weight`"),
+    ("dsd pw_bias shape", lambda: DSD2(pb=torch.zeros(6)), ValueError, "`pw_bias`"),
+    ("dsd dw_bias shape", lambda: DSD2(db=torch.zeros(5)), ValueError, "`dw_bias`"),
+    ("dsd dw_weight shape", lambda: DSD2(dw=torch.randn(6, 2, 3, 3)), ValueError, "`dw_weight`"),
+    ("dsd mixed dtype pw", lambda: DSD2(pw=torch.randn(5, 6, 1, 1).double()), TypeError, "`pw_weight`"),
+    ("dsd mixed dtype pw_bias", lambda: DSD2(pb=torch.zeros(5).half()), TypeError, "`pw_bias`"),
+    ("dsd mixed dtype dw_bias", lambda: DSD2(db=torch.zeros(6).bfloat16()), TypeError, "`dw_bias`"),
+    ("dsd1d causal stride", lambda: triton_dsd.dsd_conv1d(X1(), W1(), None, torch.randn(2, 3, 1), None, 2, "causal"), ValueError, "`padding`"),
+    ("dsd output < 1", lambda: triton_dsd.dsd_conv2d(torch.randn(1, 3, 3, 3), W2(), None, torch.randn(2, 3, 1, 1), None, 1, 0, 2), ValueError, "`x`"),
     # layers
     ("layer out not multiple of in", lambda: triton_dsd.DepthwiseConv2d(3, 4, 3), ValueError, "`out_channels`"),
     ("layer in_channels 0", lambda: triton_dsd.DepthwiseConv2d(0, 4, 3), ValueError, "`in_channels`"),

@@ -206,3 +206,42 @@ def test_bf16_dot_shim_only_when_interpreting():
     w = torch.randn(16, 16, 1, 1).bfloat16()
     y = triton_dsd.pointwise_conv2d(x, w)
     assert_close(y, F.conv2d(x.double(), w.double()), torch.bfloat16, 16)
+
+
+def test_saved_activation_bytes_realistic_layer(capsys):
+    """N=8, C=128, M=128, 56x56, bf16, 3x3 d2 'same': measured with fake tensors (no compute).
+    Fused keeps x only (6.1 MiB); eager (two nn.Conv2d) keeps x and z (12.2 MiB)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch import nn
+
+    def saved(fn):
+        seen = {}
+
+        def pack(t):
+            seen[(t.data_ptr() if not isinstance(t, torch._subclasses.FakeTensor) else id(t))] = t
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return [t for t in seen.values() if not isinstance(t, nn.Parameter) and t.dim() == 4
+                and t.shape[1] != 1 and t.shape[2:] != (1, 1)]
+
+    with FakeTensorMode():
+        x = torch.empty(8, 128, 56, 56, dtype=torch.bfloat16, device=DEVICE,
+                        requires_grad=True).contiguous(memory_format=torch.channels_last)
+        dw = nn.Conv2d(128, 128, 3, padding="same", dilation=2, groups=128, device=DEVICE,
+                       dtype=torch.bfloat16)
+        pw = nn.Conv2d(128, 128, 1, device=DEVICE, dtype=torch.bfloat16)
+        fused = saved(lambda: triton_dsd.dsd_conv2d(x, dw.weight, dw.bias, pw.weight, pw.bias, 1,
+                                                    "same", 2, fused=True))
+        unfused = saved(lambda: triton_dsd.dsd_conv2d(x, dw.weight, dw.bias, pw.weight, pw.bias,
+                                                      1, "same", 2, fused=False))
+        eager = saved(lambda: pw(dw(x)))
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    x_bytes = 8 * 128 * 56 * 56 * 2
+    with capsys.disabled():
+        print(f"\nsaved activations, 8x128x56x56 -> 128 bf16: fused {nbytes(fused) / 2**20:.2f} MiB, "
+              f"unfused {nbytes(unfused) / 2**20:.2f} MiB, eager {nbytes(eager) / 2**20:.2f} MiB")
+    assert nbytes(fused) == x_bytes
+    assert nbytes(unfused) == 2 * x_bytes
+    assert nbytes(eager) == 2 * x_bytes
