@@ -12,6 +12,10 @@ W1 = lambda: torch.randn(3, 1, 3)  # noqa: E731
 d2, d1 = triton_dsd.depthwise_conv2d, triton_dsd.depthwise_conv1d
 
 
+SEP2 = triton_dsd.DepthwiseSeparableDilatedConv2d
+SEP1 = triton_dsd.DepthwiseSeparableDilatedConv1d
+
+
 def DSD2(dw=None, db=None, pw=None, pb=None):
     """dsd_conv2d on a valid C=3, m=2, M=5 problem with one argument replaced."""
     return triton_dsd.dsd_conv2d(X2(), torch.randn(6, 1, 3, 3) if dw is None else dw,
@@ -65,6 +69,24 @@ CASES = [
     ("dsd mixed dtype dw_bias", lambda: DSD2(db=torch.zeros(6).bfloat16()), TypeError, "`dw_bias`"),
     ("dsd1d causal stride", lambda: triton_dsd.dsd_conv1d(X1(), W1(), None, torch.randn(2, 3, 1), None, 2, "causal"), ValueError, "`padding`"),
     ("dsd output < 1", lambda: triton_dsd.dsd_conv2d(torch.randn(1, 3, 3, 3), W2(), None, torch.randn(2, 3, 1, 1), None, 1, 0, 2), ValueError, "`x`"),
+    # separable layers: constructor
+    ("sep in_channels 0", lambda: SEP2(0, 4, 3), ValueError, "`in_channels`"),
+    ("sep out_channels -1", lambda: SEP2(3, -1, 3), ValueError, "`out_channels`"),
+    ("sep kernel 0", lambda: SEP2(3, 4, 0), ValueError, "`kernel_size`"),
+    ("sep kernel tuple negative", lambda: SEP2(3, 4, (3, -1)), ValueError, "`kernel_size`"),
+    ("sep depth_multiplier 0", lambda: SEP2(3, 4, 3, depth_multiplier=0), ValueError, "`depth_multiplier`"),
+    ("sep padding_mode", lambda: SEP2(3, 4, 3, padding_mode="mirror"), ValueError, "`padding_mode`"),
+    ("sep same stride 2", lambda: SEP2(3, 4, 3, padding="same", stride=2), ValueError, "`padding`"),
+    ("sep causal on 2D", lambda: SEP2(3, 4, 3, padding="causal"), ValueError, "'causal' is for 1D only"),
+    ("sep1d causal stride 2", lambda: SEP1(3, 4, 3, padding="causal", stride=2), ValueError, "`padding`"),
+    ("eager sep causal on 2D", lambda: triton_dsd.EagerDepthwiseSeparableDilatedConv2d(3, 4, 3, padding="causal"), ValueError, "`padding`"),
+    ("sep dilation 0", lambda: SEP1(3, 4, 3, dilation=0), ValueError, "`dilation`"),
+    # separable layers: forward
+    ("sep forward channels", lambda: SEP2(4, 4, 3)(X2()), ValueError, "in_channels=4"),
+    ("sep forward rank", lambda: SEP1(3, 4, 3)(X2()), ValueError, "`x`"),
+    ("sep forward dtype", lambda: SEP2(3, 4, 3)(X2().double()), TypeError, "`dw_weight`"),
+    ("sep forward device", lambda: SEP2(3, 4, 3)(X2().to("meta")), ValueError, "`x`"),
+    ("convert non-module", lambda: triton_dsd.convert("model"), TypeError, "`model`"),
     # layers
     ("layer out not multiple of in", lambda: triton_dsd.DepthwiseConv2d(3, 4, 3), ValueError, "`out_channels`"),
     ("layer in_channels 0", lambda: triton_dsd.DepthwiseConv2d(0, 4, 3), ValueError, "`in_channels`"),

@@ -19,6 +19,21 @@ def _deterministic(flag: Optional[bool]) -> bool:
     return bool(flag) or torch.are_deterministic_algorithms_enabled()
 
 
+def _autocast(*tensors):
+    """Cast as autocast casts a convolution's arguments: under ``torch.autocast`` on the input's
+    device, floating tensors other than float64 go to the autocast dtype (custom ops are not
+    autocast-aware by themselves)."""
+    x = tensors[0]
+    if not isinstance(x, Tensor):
+        return tensors
+    dev = x.device.type
+    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
+        return tensors
+    dtype = torch.get_autocast_dtype(dev)
+    return tuple(t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point()
+                 and t.dtype != torch.float64 else t for t in tensors)
+
+
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                      stride: Union[int, Sequence[int]] = 1, padding: Padding = 0,
                      dilation: Union[int, Sequence[int]] = 1, *,
@@ -32,6 +47,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     ``torch.use_deterministic_algorithms(True)``).
     """
     where = "triton_dsd.depthwise_conv2d"
+    x, weight, bias = _autocast(x, weight, bias)
     _checks.check_depthwise(where, x, weight, bias, 2)
     stride = _checks.positive_tuple(where, "stride", stride, 2)
     dilation = _checks.positive_tuple(where, "dilation", dilation, 2)
@@ -52,6 +68,7 @@ def depthwise_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     Runs as the 2D kernels on (N, C, 1, L) views: no copy.
     """
     where = "triton_dsd.depthwise_conv1d"
+    x, weight, bias = _autocast(x, weight, bias)
     _checks.check_depthwise(where, x, weight, bias, 1)
     (stride,) = _checks.positive_tuple(where, "stride", stride, 1)
     (dilation,) = _checks.positive_tuple(where, "dilation", dilation, 1)
@@ -72,6 +89,7 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *
     do (``torch.backends.cudnn.allow_tf32``).
     """
     where = "triton_dsd.pointwise_conv2d"
+    x, weight, bias = _autocast(x, weight, bias)
     _checks.check_tensor(where, "x", x, 4, "(N, C, H, W)")
     _checks.check_pointwise(where, x.shape[1], weight, bias, 2, "x", x)
     return ops.pointwise(x, weight, bias, _deterministic(deterministic))
@@ -81,6 +99,7 @@ def pointwise_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *
                      deterministic: Optional[bool] = None) -> Tensor:
     """1x1 convolution ``F.conv1d(x, weight, bias)`` with weight (M, C, 1): a Triton GEMM."""
     where = "triton_dsd.pointwise_conv1d"
+    x, weight, bias = _autocast(x, weight, bias)
     _checks.check_tensor(where, "x", x, 3, "(N, C, L)")
     _checks.check_pointwise(where, x.shape[1], weight, bias, 1, "x", x)
     y = ops.pointwise(x.unsqueeze(2), weight.unsqueeze(2), bias, _deterministic(deterministic))
@@ -106,6 +125,7 @@ def dsd_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weigh
     backward keeps x and the depthwise output, as eager does.
     """
     where = "triton_dsd.dsd_conv2d"
+    x, dw_weight, dw_bias, pw_weight, pw_bias = _autocast(x, dw_weight, dw_bias, pw_weight, pw_bias)
     _check_dsd(where, x, dw_weight, dw_bias, pw_weight, pw_bias, 2)
     stride = _checks.positive_tuple(where, "stride", stride, 2)
     dilation = _checks.positive_tuple(where, "dilation", dilation, 2)
@@ -123,6 +143,7 @@ def dsd_conv1d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weigh
     """1D depthwise-separable dilated conv (padding may be 'causal'); weights (C*m, 1, K),
     (M, C*m, 1). Runs as the 2D kernels on (N, C, 1, L) views."""
     where = "triton_dsd.dsd_conv1d"
+    x, dw_weight, dw_bias, pw_weight, pw_bias = _autocast(x, dw_weight, dw_bias, pw_weight, pw_bias)
     _check_dsd(where, x, dw_weight, dw_bias, pw_weight, pw_bias, 1)
     (stride,) = _checks.positive_tuple(where, "stride", stride, 1)
     (dilation,) = _checks.positive_tuple(where, "dilation", dilation, 1)
