@@ -93,7 +93,7 @@ def depthwise_fwd_kernel(
     w_ptr,  # weight (C_out, 1, KH, KW), any strides
     b_ptr,  # bias (C_out,), contiguous; read only when HAS_BIAS
     y_ptr,  # output y (N, C_out, OH, OW), any strides
-    C_out, H, W, OH, OW, n_tiles_h, n_tiles_w,
+    C_out, H, W, OH, OW, n_tiles_h, n_tiles_w, n_c_blocks,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wc, stride_wh, stride_ww,
     stride_yn, stride_yc, stride_yh, stride_yw,
@@ -106,10 +106,11 @@ def depthwise_fwd_kernel(
 ):
     """y[n, co, oh, ow] = sum_{kh, kw} x[n, co // MULT, ih, iw] * w[co, 0, kh, kw] + b[co].
 
-    Grid: (N * n_tiles_h * n_tiles_w, cdiv(C_out, BLOCK_C)).
+    Grid: (N * n_tiles_h * n_tiles_w * n_c_blocks,), channel blocks of one tile adjacent.
     """
-    n, oh, ow = _tile_coords(tl.program_id(0), n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
-    co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid = tl.program_id(0)
+    n, oh, ow = _tile_coords(pid // n_c_blocks, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+    co = (pid % n_c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     if IDX64:
         co = co.to(tl.int64)
     mask_c = co < C_out
@@ -138,7 +139,7 @@ def depthwise_bwd_input_kernel(
     dy_ptr,  # output gradient dy (N, C_out, OH, OW), any strides
     w_ptr,  # weight (C_out, 1, KH, KW), any strides
     dx_ptr,  # input gradient dx (N, C_in, H, W), any strides
-    C_in, H, W, OH, OW, n_tiles_h, n_tiles_w,
+    C_in, H, W, OH, OW, n_tiles_h, n_tiles_w, n_c_blocks,
     stride_dyn, stride_dyc, stride_dyh, stride_dyw,
     stride_wc, stride_wh, stride_ww,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
@@ -153,10 +154,11 @@ def depthwise_bwd_input_kernel(
 
     over the taps whose output position is integral and in range:
     oh = (ih + pad_h - kh * DIL_H) / STRIDE_H with remainder 0 and 0 <= oh < OH (same for ow).
-    Grid: (N * n_tiles_h * n_tiles_w, cdiv(C_in, BLOCK_C)), tiles over the input (ih, iw, ci).
+    Grid: (N * n_tiles_h * n_tiles_w * n_c_blocks,), tiles over the input (ih, iw, ci).
     """
-    n, ih, iw = _tile_coords(tl.program_id(0), n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
-    ci = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid = tl.program_id(0)
+    n, ih, iw = _tile_coords(pid // n_c_blocks, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+    ci = (pid % n_c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     if IDX64:
         ci = ci.to(tl.int64)
     mask_c = ci < C_in
@@ -204,10 +206,11 @@ def depthwise_bwd_weight_kernel(
     Program (s, c) sums the output tiles [s*tiles_per_split, (s+1)*tiles_per_split) for BLOCK_C
     channels and all taps. ATOMIC: fp32 atomic adds into split row 0 (fast, order varies run to
     run). Otherwise each split stores its own row and the finalize kernel sums the rows in a
-    fixed order (``reduce.splitk_reduce_kernel``, bit-identical run to run). Grid: (n_splits, cdiv(C_out, BLOCK_C)).
+    fixed order (``reduce.splitk_reduce_kernel``, bit-identical run to run).
+    Grid: (cdiv(C_out, BLOCK_C), n_splits) (n_splits <= 65535 by construction).
     """
-    pid_s = tl.program_id(0)
-    co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid_s = tl.program_id(1)
+    co = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = co < C_out
     ci = co // MULT
     if IDX64:

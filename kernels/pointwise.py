@@ -55,11 +55,11 @@ def pointwise_fwd_kernel(
     rest = pid // n_m_blocks
     pid_p = rest % n_p_blocks
     n = tl.cast(rest // n_p_blocks, tl.int64)
+    if IDX64:  # widen before multiplying: a batch-folded pixel index can pass 2^31
+        pid_p = tl.cast(pid_p, tl.int64)
+        pid_m = tl.cast(pid_m, tl.int64)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    if IDX64:
-        p = p.to(tl.int64)
-        m = m.to(tl.int64)
     mask_p = p < P
     mask_m = m < M
     x_rows = x_ptr + n * stride_xn + _pixel_offsets(p, W_PIX, stride_xh, stride_xw, PIX_2D)
@@ -100,14 +100,17 @@ def pointwise_bwd_weight_kernel(
     Program (s, (m, k)) sums pixel blocks [s*blocks_per_split, (s+1)*blocks_per_split) of the
     flat (n, pixel block) space. ATOMIC: atomic adds into split row 0; otherwise each split
     stores its own row, finished by ``reduce.splitk_reduce_kernel`` in a fixed order. The
-    k-block-0 programs also sum db. Grid: (n_splits, n_m_blocks * n_k_blocks).
+    k-block-0 programs also sum db. Grid: (n_m_blocks * n_k_blocks, n_splits).
     """
-    pid_s = tl.program_id(0)
-    pid_mk = tl.program_id(1)
+    pid_mk = tl.program_id(0)
+    pid_s = tl.program_id(1)
     pid_m = pid_mk // n_k_blocks
     pid_k = pid_mk % n_k_blocks
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    if IDX64:
+        m = m.to(tl.int64)
+        k = k.to(tl.int64)
     mask_m = m < M
     mask_k = k < K
     acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=ACC)
@@ -116,9 +119,10 @@ def pointwise_bwd_weight_kernel(
     b_end = tl.minimum(b_start + blocks_per_split, total_blocks)
     for blk in range(b_start, b_end):
         n = tl.cast(blk // n_p_blocks, tl.int64)
-        p = (blk % n_p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-        if IDX64:
-            p = p.to(tl.int64)
+        pb = blk % n_p_blocks
+        if IDX64:  # widen before multiplying: a batch-folded pixel index can pass 2^31
+            pb = tl.cast(pb, tl.int64)
+        p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
         mask_p = p < P
         dy = tl.load(dy_ptr + n * stride_dyn + m[:, None] * stride_dym + p[None, :] * stride_dyp,
                      mask=mask_m[:, None] & mask_p[None, :], other=0.0)

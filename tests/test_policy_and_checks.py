@@ -91,3 +91,41 @@ def test_deterministic_uses_several_splits():
     """The partial-sum path really splits the reduction (so the finalize order matters)."""
     n_splits, per_split = launch.dw_splits(total_tiles=10, c_blocks=1, device=torch.device("cpu"))
     assert n_splits > 1 and n_splits * per_split >= 10
+
+
+def test_non_contiguous_and_expanded_biases():
+    """Biases are read as contiguous vectors: strided and stride-0 views must still be right."""
+    from triton_dsd.testing import assert_close
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 6, 7, generator=g, dtype=torch.float64).to(DEVICE)
+    w = torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64).to(DEVICE)
+    pw = torch.randn(3, 4, 1, 1, generator=g, dtype=torch.float64).to(DEVICE)
+    b = torch.randn(8, generator=g, dtype=torch.float64).to(DEVICE)[::2]
+    pb = torch.tensor(0.5, dtype=torch.float64, device=DEVICE).expand(3)
+    z = F.conv2d(x.cpu(), w.cpu(), b.cpu(), 1, 1, 1, groups=4)
+    assert_close(triton_dsd.depthwise_conv2d(x, w, b, 1, 1), z, torch.float64, 9)
+    assert_close(triton_dsd.pointwise_conv2d(x, pw, pb), F.conv2d(x.cpu(), pw.cpu(), pb.cpu()),
+                 torch.float64, 4)
+    assert_close(triton_dsd.dsd_conv2d(x, w, b, pw, pb, 1, 1), F.conv2d(z, pw.cpu(), pb.cpu()),
+                 torch.float64, 36)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_grids_respect_cuda_limits_for_huge_channel_counts(layout):
+    """CUDA grid axes 1 and 2 hold at most 65535 programs: channel blocks ride on axis 0."""
+    C = 300_000
+    x = torch.empty(1, C, 2, 2, device="meta")
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.empty(C, 1, 1, 1, device="meta")
+    pw = torch.empty(20_000, 20_000, 1, 1, device="meta")
+    xp = torch.empty(1, 20_000, 2, 2, device="meta")
+    with launch.capture_launches() as calls:
+        launch.depthwise_fwd(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), layout == "cl")
+        launch.depthwise_bwd_input(x, w, x, (1, 1), (0, 0, 0, 0), (1, 1), layout == "cl")
+        launch.depthwise_bwd_weight(x, x, w, (1, 1), (0, 0, 0, 0), (1, 1), True, True)
+        launch.pointwise_bwd_weight(xp, xp, pw, True, True)
+    assert len(calls) >= 6
+    for kernel, grid, _, _ in calls:
+        assert all(g <= 65535 for g in grid[1:]), (kernel.fn.__name__, grid)
+        assert grid[0] < 2**31

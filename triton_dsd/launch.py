@@ -122,6 +122,11 @@ def new_output(shape: Sequence[int], like: torch.Tensor, channels_last: bool,
     return out
 
 
+def _contiguous(bias: Optional[torch.Tensor], dummy: torch.Tensor) -> torch.Tensor:
+    """A bias as the kernels read it (contiguous), or a dummy pointer when there is none."""
+    return dummy if bias is None else bias.contiguous()
+
+
 def _needs_int64(*tensors: torch.Tensor) -> bool:
     """True if an element offset of any tensor can pass int32 (computed from sizes and strides)."""
     for t in tensors:
@@ -192,10 +197,10 @@ def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     cfg = depthwise_config(C_out, OH, OW, channels_last)
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
     n_th, n_tw = _tiles(OH, OW, cfg)
-    grid = (N * n_th * n_tw, triton.cdiv(C_out, cfg["BLOCK_C"]))
-    _launch(_dw.depthwise_fwd_kernel, grid,
-            x, weight, bias if bias is not None else weight, y,
-            C_out, H, W, OH, OW, n_th, n_tw,
+    n_cb = triton.cdiv(C_out, cfg["BLOCK_C"])
+    _launch(_dw.depthwise_fwd_kernel, (N * n_th * n_tw * n_cb,),
+            x, weight, _contiguous(bias, weight), y,
+            C_out, H, W, OH, OW, n_th, n_tw, n_cb,
             *x.stride(), *weight.stride()[:1], *weight.stride()[2:], *y.stride(), pt, pl,
             MULT=C_out // C_in, HAS_BIAS=bias is not None, IDX64=_needs_int64(x, y),
             ACC=_acc_dtype(x.dtype), **geo, **cfg)
@@ -215,9 +220,9 @@ def depthwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tenso
     cfg = depthwise_config(C_in, H, W, channels_last)
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
     n_th, n_tw = _tiles(H, W, cfg)
-    grid = (N * n_th * n_tw, triton.cdiv(C_in, cfg["BLOCK_C"]))
-    _launch(_dw.depthwise_bwd_input_kernel, grid,
-            grad, weight, dx, C_in, H, W, OH, OW, n_th, n_tw,
+    n_cb = triton.cdiv(C_in, cfg["BLOCK_C"])
+    _launch(_dw.depthwise_bwd_input_kernel, (N * n_th * n_tw * n_cb,),
+            grad, weight, dx, C_in, H, W, OH, OW, n_th, n_tw, n_cb,
             *grad.stride(), *weight.stride()[:1], *weight.stride()[2:], *dx.stride(), pt, pl,
             MULT=C_out // C_in, IDX64=_needs_int64(grad, dx), ACC=_acc_dtype(x.dtype),
             **geo, **cfg)
@@ -229,8 +234,9 @@ def splitk_finish(part: torch.Tensor, out: torch.Tensor) -> None:
     S, R, C = part.shape
     block_r = min(_pow2(R), 64)
     block_c = min(_pow2(C), 128)
-    _launch(_reduce.splitk_reduce_kernel, (triton.cdiv(R, block_r), triton.cdiv(C, block_c)),
-            part, out, S, R, C, *part.stride(), *out.stride(),
+    n_cb = triton.cdiv(C, block_c)
+    _launch(_reduce.splitk_reduce_kernel, (triton.cdiv(R, block_r) * n_cb,),
+            part, out, S, R, C, n_cb, *part.stride(), *out.stride(),
             ACC=_acc_dtype(part.dtype), BLOCK_R=block_r, BLOCK_C=block_c)
 
 
@@ -239,7 +245,7 @@ def dw_splits(total_tiles: int, c_blocks: int, device: torch.device) -> Tuple[in
     if total_tiles == 0:
         return 1, 1
     target = 4 * _num_sms(device) if device.type == "cuda" else 3
-    n_splits = max(1, min(total_tiles, triton.cdiv(target, c_blocks)))
+    n_splits = max(1, min(total_tiles, triton.cdiv(target, c_blocks), 65535))
     per_split = triton.cdiv(total_tiles, n_splits)
     return triton.cdiv(total_tiles, per_split), per_split
 
@@ -268,7 +274,7 @@ def depthwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
         part = torch.zeros((1, n_rows, C_out), dtype=acc, device=x.device)
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
     if total_tiles > 0:
-        _launch(_dw.depthwise_bwd_weight_kernel, (n_splits, c_blocks),
+        _launch(_dw.depthwise_bwd_weight_kernel, (c_blocks, n_splits),
                 x, grad, part, C_out, H, W, OH, OW, n_th, n_tw, total_tiles, per_split,
                 *x.stride(), *grad.stride(), pt, pl,
                 MULT=C_out // C_in, HAS_BIAS=need_bias, ATOMIC=not deterministic,
@@ -342,7 +348,7 @@ def _gemm(x: torch.Tensor, w_mk: Tuple[int, int, int, int], w: torch.Tensor,
     cfg = pointwise_config(p_eff, M, K, x.element_size())
     n_pb, n_mb = triton.cdiv(p_eff, cfg["BLOCK_P"]), triton.cdiv(M, cfg["BLOCK_M"])
     _launch(_pw.pointwise_fwd_kernel, (n_eff * n_pb * n_mb,),
-            x, w, bias if bias is not None else w, y,
+            x, w, _contiguous(bias, w), y,
             K, M, p_eff, w_pix, n_pb, n_mb,
             x.stride(0), x.stride(1), sxh, sxw, swm, swk, y.stride(0), y.stride(1), syp,
             HAS_BIAS=bias is not None, PIX_2D=pix2d, ALLOW_TF32=allow_tf32(x.dtype),
@@ -394,7 +400,7 @@ def pointwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     part_w = alloc((rows, M, K), dtype=acc, device=x.device)
     part_b = alloc((rows, M), dtype=acc, device=x.device)
     if total > 0 and M > 0 and K > 0:
-        _launch(_pw.pointwise_bwd_weight_kernel, (n_splits, n_mb * n_kb),
+        _launch(_pw.pointwise_bwd_weight_kernel, (n_mb * n_kb, n_splits),
                 x, grad, part_w, part_b, K, M, p_eff, w_pix, n_pb, total, per_split, n_kb,
                 x.stride(0), x.stride(1), sxh, sxw, grad.stride(0), grad.stride(1), sdp,
                 HAS_BIAS=need_bias, ATOMIC=not deterministic, PIX_2D=pix2d,
@@ -435,8 +441,8 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
     syp = y.stride(3) if OW > 1 else y.stride(2)
     _launch(_fused.dsd_fwd_kernel, (N * n_pb * n_mb,),
-            x, dw_weight, dw_bias if dw_bias is not None else dw_weight, pw_weight,
-            pw_bias if pw_bias is not None else pw_weight, y,
+            x, dw_weight, _contiguous(dw_bias, dw_weight), pw_weight,
+            _contiguous(pw_bias, pw_weight), y,
             CM, M, H, W, OH, OW, n_pb, n_mb,
             *x.stride(), *dw_weight.stride()[:1], *dw_weight.stride()[2:],
             pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
