@@ -152,10 +152,43 @@ def _analyse(cubin: bytes, cubin_path: str) -> Dict[str, int]:
                 hmma=len(re.findall(r"\bHMMA\.", sass)))
 
 
+def _stored_cases(dirs: Sequence[str]) -> Dict[str, Callable[[], None]]:
+    """One case per stored config (shipped, or in the given folders): its launch, its config."""
+    import glob
+    import json
+    from triton_dsd import problems, tuning
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+              "float64": torch.float64}
+    cases: Dict[str, Callable[[], None]] = {}
+    for root in dirs:
+        for path in sorted(glob.glob(os.path.join(root, "*", "device_name=*,dtype=*.json"))):
+            family = os.path.basename(os.path.dirname(path))
+            if family not in tuning.FAMILIES:
+                continue
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                data = None
+            if data is None or tuning.validate(data, family) is not None:
+                continue  # the lookup ignores such files too (with a warning)
+            dtype = dtypes.get(data["dtype"])
+            if dtype is None:
+                continue
+            for key, cfg in data["configs"].items():
+                cfg = {k: v for k, v in cfg.items() if k not in ("ms", "tuned_at")}
+                prob = problems.from_key(family, key, dtype)
+                run = next(r for fam, _, _, r in problems.tunables(prob) if fam == family)
+                name = f"stored {family} {data['device_name']} {data['dtype']} {key}"
+                cases[name] = (lambda run=run, cfg=cfg: run(cfg))
+    return cases
+
+
 def collect(archs: Sequence[int] = (80, 90), cubin_dir: Optional[str] = None,
-            extra_kwargs: Optional[dict] = None) -> List[Row]:
-    """Compile every case for every arch; ``extra_kwargs`` overrides launch kwargs (e.g. IDX64)."""
-    from triton_dsd import launch
+            extra_kwargs: Optional[dict] = None, stored: bool = True) -> List[Row]:
+    """Compile every default case and (stored=True) every shipped config, plus the configs in
+    $TRITON_DSD_CONFIG_DIR, for every arch; ``extra_kwargs`` overrides launch kwargs (IDX64)."""
+    from triton_dsd import launch, tuning
     if launch.interpreting():
         raise RuntimeError("the compile report needs TRITON_INTERPRET unset (run it through "
                            "`triton-dsd inspect`, which re-launches itself without it)")
@@ -163,8 +196,14 @@ def collect(archs: Sequence[int] = (80, 90), cubin_dir: Optional[str] = None,
     tmp = tempfile.mkdtemp(prefix="triton_dsd_cubin_")
     out_dir = cubin_dir or tmp
     os.makedirs(out_dir, exist_ok=True)
-    for case, run in _cases().items():
-        with launch.capture_launches() as launches:
+    cases = dict(_cases())
+    if stored:
+        dirs = [tuning.shipped_dir()]
+        if os.environ.get("TRITON_DSD_CONFIG_DIR"):
+            dirs.insert(0, os.environ["TRITON_DSD_CONFIG_DIR"])
+        cases.update(_stored_cases(dirs))
+    for case, run in cases.items():
+        with launch.capture_launches() as launches, tuning.defaults_only():
             run()
         for kernel, _grid, args, kwargs in launches:
             kwargs = {**kwargs, **(extra_kwargs or {})}

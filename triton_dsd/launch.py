@@ -183,9 +183,88 @@ def out_size(size: int, k: int, s: int, d: int, pad_lo: int, pad_hi: int) -> int
     return (size + pad_lo + pad_hi - d * (k - 1) - 1) // s + 1
 
 
+def _layout(channels_last: bool) -> str:
+    return "cl" if channels_last else "nchw"
+
+
+def depthwise_key(C: int, OH: int, OW: int, K, stride, dilation, mult: int,
+                  channels_last: bool) -> Dict[str, object]:
+    """Problem key of the depthwise kernels (see tuning.py)."""
+    from triton_dsd.tuning import bucket
+    return dict(layout=_layout(channels_last), K=f"{K[0]}x{K[1]}",
+                d=f"{dilation[0]}x{dilation[1]}", s=f"{stride[0]}x{stride[1]}", C=bucket(C),
+                m=mult, HW=f"{bucket(OH)}x{bucket(OW)}")
+
+
+def gemm_key(P: int, M: int, K: int, channels_last: bool) -> Dict[str, object]:
+    """Problem key of the pointwise GEMMs: pixels, outputs, reduction channels (bucketed)."""
+    from triton_dsd.tuning import bucket
+    return dict(layout=_layout(channels_last), C=bucket(K), M=bucket(M),
+                P=min(bucket(P), 1 << 20))
+
+
+def dsd_key(CM: int, M: int, OH: int, OW: int, K, stride, dilation, mult: int,
+            channels_last: bool) -> Dict[str, object]:
+    key = depthwise_key(CM, OH, OW, K, stride, dilation, mult, channels_last)
+    key["M"] = gemm_key(1, M, 1, channels_last)["M"]
+    return key
+
+
+_COMPILE_ERRORS: tuple = ()
+
+
+def _compile_errors() -> tuple:
+    """Exceptions meaning "this config does not build or fit", across Triton versions."""
+    global _COMPILE_ERRORS
+    if not _COMPILE_ERRORS:
+        errs = [ValueError, AssertionError]
+        for mod, name in (("triton.compiler.errors", "CompilationError"),
+                          ("triton.runtime.errors", "OutOfResources"),
+                          ("triton.runtime.errors", "InterpreterError")):
+            try:
+                errs.append(getattr(__import__(mod, fromlist=[name]), name))
+            except (ImportError, AttributeError):
+                pass
+        _COMPILE_ERRORS = tuple(errs)
+    return _COMPILE_ERRORS
+
+
+def _run_tuned(family: str, fields: Dict[str, object], like: torch.Tensor, default: dict,
+               run, cfg: Optional[dict]):
+    """run(config) with the config from the store (or ``cfg`` when given explicitly, as the
+    tuner does); a stored config that fails to build falls back to the default, with a warning."""
+    from triton_dsd import tuning
+    if cfg is not None:
+        return run(cfg)
+
+    def autotune():
+        space = tuning.config_space(family, fields, like.element_size())
+        best = tuning.pick_best(run, tuning.limit(space, 64, default), tuning.timer_for(like.device))
+        if best is None:
+            return None
+        root = os.environ.get("TRITON_DSD_CONFIG_DIR") or tuning.user_dir()
+        try:
+            tuning.write_entries(root, family, tuning.device_name(like.device),
+                                 tuning.dtype_name(like.dtype),
+                                 {tuning.make_key(fields): {**best[0], "ms": round(best[1], 5)}})
+        except OSError as e:  # a read-only folder: keep the result for this process only
+            tuning._warn_once(("ro", root), f"cannot write tuned configs to {root}: {e}")
+        return best[0]
+
+    chosen, source = tuning.lookup(family, fields, like.device, like.dtype, lambda: default,
+                                   tuner=autotune)
+    if source == "default":
+        return run(chosen)
+    try:
+        return run(chosen)
+    except _compile_errors() as e:
+        tuning.reject(family, fields, like.device, like.dtype, chosen, e, default)
+        return run(default)
+
+
 def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   stride: Sequence[int], pads: Sequence[int], dilation: Sequence[int],
-                  channels_last: bool) -> torch.Tensor:
+                  channels_last: bool, cfg: Optional[dict] = None) -> torch.Tensor:
     """y = depthwise(x); pads = (top, bottom, left, right)."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
@@ -194,22 +273,27 @@ def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     y = new_output((N, C_out, OH, OW), x, channels_last)
     if y.numel() == 0:
         return y
-    cfg = depthwise_config(C_out, OH, OW, channels_last)
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
-    n_th, n_tw = _tiles(OH, OW, cfg)
-    n_cb = triton.cdiv(C_out, cfg["BLOCK_C"])
-    _launch(_dw.depthwise_fwd_kernel, (N * n_th * n_tw * n_cb,),
-            x, weight, _contiguous(bias, weight), y,
-            C_out, H, W, OH, OW, n_th, n_tw, n_cb,
-            *x.stride(), *weight.stride()[:1], *weight.stride()[2:], *y.stride(), pt, pl,
-            MULT=C_out // C_in, HAS_BIAS=bias is not None, IDX64=_needs_int64(x, y),
-            ACC=_acc_dtype(x.dtype), **geo, **cfg)
-    return y
+    bias = _contiguous(bias, weight)
+
+    def run(c):
+        n_th, n_tw = _tiles(OH, OW, c)
+        n_cb = triton.cdiv(C_out, c["BLOCK_C"])
+        _launch(_dw.depthwise_fwd_kernel, (N * n_th * n_tw * n_cb,),
+                x, weight, bias, y, C_out, H, W, OH, OW, n_th, n_tw, n_cb,
+                *x.stride(), *weight.stride()[:1], *weight.stride()[2:], *y.stride(), pt, pl,
+                MULT=C_out // C_in, HAS_BIAS=bias is not weight, IDX64=_needs_int64(x, y),
+                ACC=_acc_dtype(x.dtype), **geo, **c)
+        return y
+
+    fields = depthwise_key(C_out, OH, OW, (KH, KW), stride, dilation, C_out // C_in, channels_last)
+    return _run_tuned("depthwise_fwd", fields, x, depthwise_config(C_out, OH, OW, channels_last),
+                      run, cfg)
 
 
 def depthwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
                         stride: Sequence[int], pads: Sequence[int], dilation: Sequence[int],
-                        channels_last: bool) -> torch.Tensor:
+                        channels_last: bool, cfg: Optional[dict] = None) -> torch.Tensor:
     """dx of the depthwise stage; ``x`` gives the shape (and nothing else is read from it)."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
@@ -217,16 +301,21 @@ def depthwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tenso
     dx = new_output((N, C_in, H, W), x, channels_last, dtype=grad.dtype)
     if dx.numel() == 0:
         return dx
-    cfg = depthwise_config(C_in, H, W, channels_last)
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
-    n_th, n_tw = _tiles(H, W, cfg)
-    n_cb = triton.cdiv(C_in, cfg["BLOCK_C"])
-    _launch(_dw.depthwise_bwd_input_kernel, (N * n_th * n_tw * n_cb,),
-            grad, weight, dx, C_in, H, W, OH, OW, n_th, n_tw, n_cb,
-            *grad.stride(), *weight.stride()[:1], *weight.stride()[2:], *dx.stride(), pt, pl,
-            MULT=C_out // C_in, IDX64=_needs_int64(grad, dx), ACC=_acc_dtype(x.dtype),
-            **geo, **cfg)
-    return dx
+
+    def run(c):
+        n_th, n_tw = _tiles(H, W, c)
+        n_cb = triton.cdiv(C_in, c["BLOCK_C"])
+        _launch(_dw.depthwise_bwd_input_kernel, (N * n_th * n_tw * n_cb,),
+                grad, weight, dx, C_in, H, W, OH, OW, n_th, n_tw, n_cb,
+                *grad.stride(), *weight.stride()[:1], *weight.stride()[2:], *dx.stride(), pt, pl,
+                MULT=C_out // C_in, IDX64=_needs_int64(grad, dx), ACC=_acc_dtype(x.dtype),
+                **geo, **c)
+        return dx
+
+    fields = depthwise_key(C_in, H, W, (KH, KW), stride, dilation, C_out // C_in, channels_last)
+    return _run_tuned("depthwise_bwd_input", fields, grad,
+                      depthwise_config(C_in, H, W, channels_last), run, cfg)
 
 
 def splitk_finish(part: torch.Tensor, out: torch.Tensor) -> None:
@@ -241,7 +330,7 @@ def splitk_finish(part: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def dw_splits(total_tiles: int, c_blocks: int, device: torch.device) -> Tuple[int, int]:
-    """Split the dW reduction so that about four waves of programs fill the GPU."""
+    """Split a reduction so that about four waves of programs fill the GPU."""
     if total_tiles == 0:
         return 1, 1
     target = 4 * _num_sms(device) if device.type == "cuda" else 3
@@ -252,7 +341,8 @@ def dw_splits(total_tiles: int, c_blocks: int, device: torch.device) -> Tuple[in
 
 def depthwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                          stride: Sequence[int], pads: Sequence[int], dilation: Sequence[int],
-                         need_bias: bool, deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                         need_bias: bool, deterministic: bool,
+                         cfg: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(dw, db) of the depthwise stage; db is an empty tensor when ``need_bias`` is False."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
@@ -261,31 +351,35 @@ def depthwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     db = new_output((C_out, 1, 1, 1), weight, False, dtype=grad.dtype).view(C_out) if need_bias \
         else grad.new_empty((0,))
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    n_rows = KH * KW + 1
+    n_rows, T = KH * KW + 1, KH * KW
     channels_last = grad.stride(1) == 1 and C_out > 1
-    cfg = depthwise_config(C_out, OH, OW, channels_last)
-    n_th, n_tw = _tiles(OH, OW, cfg)
-    total_tiles = N * n_th * n_tw
-    c_blocks = triton.cdiv(C_out, cfg["BLOCK_C"])
-    n_splits, per_split = dw_splits(total_tiles, c_blocks, x.device)
-    if deterministic:  # one row of partial sums per split, summed in order by the finalize kernel
-        part = torch.empty((n_splits, n_rows, C_out), dtype=acc, device=x.device)
-    else:  # every split adds into one row with atomics
-        part = torch.zeros((1, n_rows, C_out), dtype=acc, device=x.device)
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
-    if total_tiles > 0:
-        _launch(_dw.depthwise_bwd_weight_kernel, (c_blocks, n_splits),
-                x, grad, part, C_out, H, W, OH, OW, n_th, n_tw, total_tiles, per_split,
-                *x.stride(), *grad.stride(), pt, pl,
-                MULT=C_out // C_in, HAS_BIAS=need_bias, ATOMIC=not deterministic,
-                IDX64=_needs_int64(x, grad), ACC=_acc_dtype(x.dtype), **geo, **cfg)
-    else:
-        part.zero_()
-    T = KH * KW
-    splitk_finish(part[:, :T, :], dw.view(C_out, T).t())
-    if need_bias:
-        splitk_finish(part[:, T:, :], db.view(1, C_out))
-    return dw, db
+
+    def run(c):
+        n_th, n_tw = _tiles(OH, OW, c)
+        total_tiles = N * n_th * n_tw
+        c_blocks = triton.cdiv(C_out, c["BLOCK_C"])
+        n_splits, per_split = dw_splits(total_tiles, c_blocks, x.device)
+        if deterministic:  # a row of partial sums per split, summed in order below
+            part = torch.empty((n_splits, n_rows, C_out), dtype=acc, device=x.device)
+        else:  # every split adds into one row with atomics
+            part = torch.zeros((1, n_rows, C_out), dtype=acc, device=x.device)
+        if total_tiles > 0:
+            _launch(_dw.depthwise_bwd_weight_kernel, (c_blocks, n_splits),
+                    x, grad, part, C_out, H, W, OH, OW, n_th, n_tw, total_tiles, per_split,
+                    *x.stride(), *grad.stride(), pt, pl,
+                    MULT=C_out // C_in, HAS_BIAS=need_bias, ATOMIC=not deterministic,
+                    IDX64=_needs_int64(x, grad), ACC=_acc_dtype(x.dtype), **geo, **c)
+        else:
+            part.zero_()
+        splitk_finish(part[:, :T, :], dw.view(C_out, T).t())
+        if need_bias:
+            splitk_finish(part[:, T:, :], db.view(1, C_out))
+        return dw, db
+
+    fields = depthwise_key(C_out, OH, OW, (KH, KW), stride, dilation, C_out // C_in, channels_last)
+    return _run_tuned("depthwise_bwd_weight", fields, grad,
+                      depthwise_config(C_out, OH, OW, channels_last), run, cfg)
 
 
 # --------------------------------------------------------------------------- pointwise / fused
@@ -331,8 +425,16 @@ def pointwise_config(P: int, M: int, K: int, elem_bytes: int = 2) -> Dict[str, i
                 num_stages=stages)
 
 
+def pointwise_bwd_weight_config(P: int, M: int, K: int) -> Dict[str, int]:
+    interp = interpreting()
+    return dict(BLOCK_P=min(max(_pow2(P), 16), 256 if interp else 64),
+                BLOCK_M=min(max(_pow2(M), 16), 128 if interp else 64),
+                BLOCK_K=min(max(_pow2(K), 16), 128 if interp else 64), num_warps=4, num_stages=3)
+
+
 def _gemm(x: torch.Tensor, w_mk: Tuple[int, int, int, int], w: torch.Tensor,
-          bias: Optional[torch.Tensor], out_channels_last: bool) -> torch.Tensor:
+          bias: Optional[torch.Tensor], out_channels_last: bool,
+          cfg: Optional[dict]) -> torch.Tensor:
     """y[n, m, p] = sum_k x[n, k, p] * w[m, k] (+ b[m]); w_mk = (M, K, stride_m, stride_k) of w."""
     N, K, H, W = x.shape
     M, _, swm, swk = w_mk
@@ -345,33 +447,38 @@ def _gemm(x: torch.Tensor, w_mk: Tuple[int, int, int, int], w: torch.Tensor,
     n_eff, p_eff = N, P
     if not pix2d and _fold_batch(P, (x, sxw), (y, syp)):
         n_eff, p_eff = 1, N * P
-    cfg = pointwise_config(p_eff, M, K, x.element_size())
-    n_pb, n_mb = triton.cdiv(p_eff, cfg["BLOCK_P"]), triton.cdiv(M, cfg["BLOCK_M"])
-    _launch(_pw.pointwise_fwd_kernel, (n_eff * n_pb * n_mb,),
-            x, w, _contiguous(bias, w), y,
-            K, M, p_eff, w_pix, n_pb, n_mb,
-            x.stride(0), x.stride(1), sxh, sxw, swm, swk, y.stride(0), y.stride(1), syp,
-            HAS_BIAS=bias is not None, PIX_2D=pix2d, ALLOW_TF32=allow_tf32(x.dtype),
-            IDX64=_needs_int64(x, y), ACC=_acc_dtype(x.dtype), **cfg)
-    return y
+    bias = _contiguous(bias, w)
+
+    def run(c):
+        n_pb, n_mb = triton.cdiv(p_eff, c["BLOCK_P"]), triton.cdiv(M, c["BLOCK_M"])
+        _launch(_pw.pointwise_fwd_kernel, (n_eff * n_pb * n_mb,),
+                x, w, bias, y, K, M, p_eff, w_pix, n_pb, n_mb,
+                x.stride(0), x.stride(1), sxh, sxw, swm, swk, y.stride(0), y.stride(1), syp,
+                HAS_BIAS=bias is not w, PIX_2D=pix2d, ALLOW_TF32=allow_tf32(x.dtype),
+                IDX64=_needs_int64(x, y), ACC=_acc_dtype(x.dtype), **c)
+        return y
+
+    return _run_tuned("pointwise_fwd", gemm_key(p_eff, M, K, is_channels_last_2d(x)), x,
+                      pointwise_config(p_eff, M, K, x.element_size()), run, cfg)
 
 
 def pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  channels_last: bool) -> torch.Tensor:
+                  channels_last: bool, cfg: Optional[dict] = None) -> torch.Tensor:
     """y = 1x1 conv of x (N, K, H, W) with weight (M, K, 1, 1)."""
     M, K = weight.shape[:2]
-    return _gemm(x, (M, K, weight.stride(0), weight.stride(1)), weight, bias, channels_last)
+    return _gemm(x, (M, K, weight.stride(0), weight.stride(1)), weight, bias, channels_last, cfg)
 
 
-def pointwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor,
-                        channels_last: bool) -> torch.Tensor:
+def pointwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, channels_last: bool,
+                        cfg: Optional[dict] = None) -> torch.Tensor:
     """dx[n, k, p] = sum_m dy[n, m, p] * W[m, k]: the forward GEMM with W transposed."""
     M, K = weight.shape[:2]
-    return _gemm(grad, (K, M, weight.stride(1), weight.stride(0)), weight, None, channels_last)
+    return _gemm(grad, (K, M, weight.stride(1), weight.stride(0)), weight, None, channels_last, cfg)
 
 
 def pointwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                         need_bias: bool, deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                         need_bias: bool, deterministic: bool,
+                         cfg: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(dW (M, K, 1, 1), db (M,)) of a 1x1 conv; db is empty unless ``need_bias``."""
     N, K, H, W = x.shape
     M = grad.shape[1]
@@ -387,35 +494,36 @@ def pointwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     n_eff, p_eff = N, P
     if not pix2d and _fold_batch(P, (x, sxw), (grad, sdp)):
         n_eff, p_eff = 1, N * P
-    interp = interpreting()
-    cfg = dict(BLOCK_P=min(max(_pow2(p_eff), 16), 256 if interp else 64),
-               BLOCK_M=min(max(_pow2(M), 16), 128 if interp else 64),
-               BLOCK_K=min(max(_pow2(K), 16), 128 if interp else 64), num_warps=4, num_stages=3)
-    n_pb = triton.cdiv(p_eff, cfg["BLOCK_P"])
-    n_mb, n_kb = triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K, cfg["BLOCK_K"])
-    total = n_eff * n_pb
-    n_splits, per_split = dw_splits(total, n_mb * n_kb, x.device)
-    rows = n_splits if deterministic else 1
-    alloc = torch.empty if deterministic else torch.zeros
-    part_w = alloc((rows, M, K), dtype=acc, device=x.device)
-    part_b = alloc((rows, M), dtype=acc, device=x.device)
-    if total > 0 and M > 0 and K > 0:
-        _launch(_pw.pointwise_bwd_weight_kernel, (n_mb * n_kb, n_splits),
-                x, grad, part_w, part_b, K, M, p_eff, w_pix, n_pb, total, per_split, n_kb,
-                x.stride(0), x.stride(1), sxh, sxw, grad.stride(0), grad.stride(1), sdp,
-                HAS_BIAS=need_bias, ATOMIC=not deterministic, PIX_2D=pix2d,
-                ALLOW_TF32=allow_tf32(x.dtype), IDX64=_needs_int64(x, grad),
-                ACC=_acc_dtype(x.dtype), **cfg)
-    else:
-        part_w.zero_()
-        part_b.zero_()
-    splitk_finish(part_w, dw.view(M, K))
-    if need_bias:
-        splitk_finish(part_b.unsqueeze(2), db.view(M, 1))
-    return dw, db
+
+    def run(c):
+        n_pb = triton.cdiv(p_eff, c["BLOCK_P"])
+        n_mb, n_kb = triton.cdiv(M, c["BLOCK_M"]), triton.cdiv(K, c["BLOCK_K"])
+        total = n_eff * n_pb
+        n_splits, per_split = dw_splits(total, n_mb * n_kb, x.device)
+        rows = n_splits if deterministic else 1
+        alloc = torch.empty if deterministic else torch.zeros
+        part_w = alloc((rows, M, K), dtype=acc, device=x.device)
+        part_b = alloc((rows, M), dtype=acc, device=x.device)
+        if total > 0 and M > 0 and K > 0:
+            _launch(_pw.pointwise_bwd_weight_kernel, (n_mb * n_kb, n_splits),
+                    x, grad, part_w, part_b, K, M, p_eff, w_pix, n_pb, total, per_split, n_kb,
+                    x.stride(0), x.stride(1), sxh, sxw, grad.stride(0), grad.stride(1), sdp,
+                    HAS_BIAS=need_bias, ATOMIC=not deterministic, PIX_2D=pix2d,
+                    ALLOW_TF32=allow_tf32(x.dtype), IDX64=_needs_int64(x, grad),
+                    ACC=_acc_dtype(x.dtype), **c)
+        else:
+            part_w.zero_()
+            part_b.zero_()
+        splitk_finish(part_w, dw.view(M, K))
+        if need_bias:
+            splitk_finish(part_b.unsqueeze(2), db.view(M, 1))
+        return dw, db
+
+    return _run_tuned("pointwise_bwd_weight", gemm_key(p_eff, M, K, is_channels_last_2d(x)), x,
+                      pointwise_bwd_weight_config(p_eff, M, K), run, cfg)
 
 
-def fused_config(P: int, M: int, CM: int, taps: int) -> Dict[str, int]:
+def fused_config(P: int, M: int, CM: int) -> Dict[str, int]:
     interp = interpreting()
     block_p = min(max(_pow2(P), 16), 256 if interp else 64)
     block_m = min(max(_pow2(M), 16), 128)
@@ -426,7 +534,8 @@ def fused_config(P: int, M: int, CM: int, taps: int) -> Dict[str, int]:
 
 def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
             pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], stride: Sequence[int],
-            pads: Sequence[int], dilation: Sequence[int], channels_last: bool) -> torch.Tensor:
+            pads: Sequence[int], dilation: Sequence[int], channels_last: bool,
+            cfg: Optional[dict] = None) -> torch.Tensor:
     """y = pointwise(depthwise(x)) in ONE launch; the depthwise output stays on chip."""
     N, C, H, W = x.shape
     CM, _, KH, KW = dw_weight.shape
@@ -436,17 +545,21 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     y = new_output((N, M, OH, OW), x, channels_last)
     if y.numel() == 0:
         return y
-    cfg = fused_config(OH * OW, M, CM, KH * KW)
-    n_pb, n_mb = triton.cdiv(OH * OW, cfg["BLOCK_P"]), triton.cdiv(M, cfg["BLOCK_M"])
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
     syp = y.stride(3) if OW > 1 else y.stride(2)
-    _launch(_fused.dsd_fwd_kernel, (N * n_pb * n_mb,),
-            x, dw_weight, _contiguous(dw_bias, dw_weight), pw_weight,
-            _contiguous(pw_bias, pw_weight), y,
-            CM, M, H, W, OH, OW, n_pb, n_mb,
-            *x.stride(), *dw_weight.stride()[:1], *dw_weight.stride()[2:],
-            pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
-            MULT=CM // C, HAS_DW_BIAS=dw_bias is not None, HAS_PW_BIAS=pw_bias is not None,
-            ALLOW_TF32=allow_tf32(x.dtype), IDX64=_needs_int64(x, y), ACC=_acc_dtype(x.dtype),
-            **geo, **cfg)
-    return y
+    dw_bias, pw_bias = _contiguous(dw_bias, dw_weight), _contiguous(pw_bias, pw_weight)
+
+    def run(c):
+        n_pb, n_mb = triton.cdiv(OH * OW, c["BLOCK_P"]), triton.cdiv(M, c["BLOCK_M"])
+        _launch(_fused.dsd_fwd_kernel, (N * n_pb * n_mb,),
+                x, dw_weight, dw_bias, pw_weight, pw_bias, y,
+                CM, M, H, W, OH, OW, n_pb, n_mb,
+                *x.stride(), *dw_weight.stride()[:1], *dw_weight.stride()[2:],
+                pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
+                MULT=CM // C, HAS_DW_BIAS=dw_bias is not dw_weight,
+                HAS_PW_BIAS=pw_bias is not pw_weight, ALLOW_TF32=allow_tf32(x.dtype),
+                IDX64=_needs_int64(x, y), ACC=_acc_dtype(x.dtype), **geo, **c)
+        return y
+
+    fields = dsd_key(CM, M, OH, OW, (KH, KW), stride, dilation, CM // C, channels_last)
+    return _run_tuned("dsd_fwd", fields, x, fused_config(OH * OW, M, CM), run, cfg)
