@@ -2,6 +2,9 @@
 
     triton-dsd demo      the source article's example through the Triton kernels, checked against eager
     triton-dsd tune      sweep a grid of layer shapes, store the fastest config per kernel and problem
+    triton-dsd bench     time Triton against the eager baseline (and cuDNN, native, torch.compile) into a CSV
+    triton-dsd plot      figures from a benchmark CSV
+    triton-dsd cost      parameters, FLOPs, ideal bytes and the roofline floor of a layer
     triton-dsd inspect   offline compile report for sm_80 / sm_90 (no GPU needed)
 """
 from __future__ import annotations
@@ -231,6 +234,119 @@ def cmd_tune(args) -> int:
     return 0 if stats["failed"] == 0 else 1
 
 
+BENCH_PRESETS = {
+    "quick": dict(PRESETS["quick"], K=[3, 5, 7], dilation=[1, 2], C=[64, 128]),
+    "full": dict(PRESETS["full"], C=[32, 64, 128, 256]),
+    "ci": PRESETS["ci"],
+}
+
+
+def cmd_bench(args) -> int:
+    import torch
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        if not args.interpret:
+            print("triton-dsd bench: no CUDA GPU here, so there is nothing to time. "
+                  "`triton-dsd cost` (the cost model) and `triton-dsd inspect` (the offline "
+                  "compile report) are what a CPU machine can tell; `--interpret` runs this "
+                  "pipeline end to end on tiny shapes under the Triton interpreter.")
+            return 0
+        return _reexec_with({"TRITON_INTERPRET": "1"}, sys.argv[1:] if args.argv is None else args.argv)
+    import tempfile
+    from triton_dsd import bench, plots
+    presets = BENCH_PRESETS
+    args.preset = args.preset or ("quick" if torch.cuda.is_available() else "ci")
+    saved = PRESETS.copy()
+    PRESETS.update(presets)
+    try:
+        problems, _ = sweep_grid(args, args.parser)
+    finally:
+        PRESETS.clear()
+        PRESETS.update(saved)
+    interp = not torch.cuda.is_available()
+    out_dir = args.out_dir or (tempfile.mkdtemp(prefix="triton_dsd_bench_") if interp else "plots")
+    csv_path = args.csv or os.path.join(out_dir, "bench.csv")
+    if args.csv is None and not interp:
+        csv_path = os.path.join(out_dir, f"bench_{bench.gpu_name(problems[0].device).replace(' ', '_')}.csv")
+    if os.path.exists(csv_path):
+        try:
+            bench.read_csv(csv_path)
+        except bench.SchemaError as e:
+            args.parser.error(str(e))
+    print(f"triton-dsd bench: {len(problems)} shape(s), ops {args.op}, modes {args.mode}, "
+          f"providers {args.provider}{' (interpreter: not a speed)' if interp else ''}", flush=True)
+    rows = bench.run(problems, args.op, args.provider, args.mode)
+    if not rows:
+        print("no provider could run any case", file=sys.stderr)
+        return 1
+    n = bench.append_csv(csv_path, rows)
+    print()
+    print(bench.summary(rows))
+    print(f"\nwrote {len(rows)} rows ({n} in the file) to {csv_path}")
+    if not args.no_plot:
+        label = "INTERPRETER (not a speed): " if interp else ""
+        figs = plots.figures(bench.read_csv(csv_path), os.path.dirname(os.path.abspath(csv_path)), label)
+        print(f"figures: {', '.join(figs) if figs else 'none (each needs >= 2 points on an axis)'}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from triton_dsd import bench, plots
+    if args.cost_model:
+        print(plots.cost_model_figure(args.out))
+        return 0
+    if not args.csv:
+        args.parser.error("plot: give --csv PATH (or --cost-model)")
+    if not os.path.exists(args.csv):
+        args.parser.error(f"plot: no such CSV {args.csv!r}")
+    try:
+        rows = bench.read_csv(args.csv)
+    except bench.SchemaError as e:
+        args.parser.error(str(e))
+    if not rows:
+        args.parser.error(f"plot: {args.csv} has no rows")
+    figs = plots.figures(rows, args.out, args.label)
+    for f in figs:
+        print(f)
+    if not figs:
+        print("no figure: every figure needs >= 2 points along K, dilation or C and an eager row")
+    return 0
+
+
+def cmd_cost(args) -> int:
+    from triton_dsd import cost
+    pad = args.padding if args.padding in ("same", "valid") else int(args.padding)
+    c = cost.layer_cost(args.N, args.C, args.M, args.H, args.W, args.K, args.dilation, args.stride,
+                        pad, args.m, True, {"bfloat16": 2, "float16": 2, "float32": 4}[args.dtype])
+    dev = None
+    if args.bandwidth or args.flops:
+        if not (args.bandwidth and args.flops):
+            args.parser.error("cost: give both --bandwidth (GB/s) and --flops (TFLOP/s)")
+        dev = cost.Device("custom", args.bandwidth * 1e9, args.flops * 1e12,
+                          (args.vector_flops or args.flops / 15) * 1e12)
+    else:
+        try:
+            dev = cost.device_for(args.device)
+        except KeyError as e:
+            args.parser.error(str(e))
+    eb = {"bfloat16": 2, "float16": 2, "float32": 4}[args.dtype]
+    print(f"layer: N={args.N} C={args.C} M={args.M} {args.H}x{args.W} K={args.K} d={args.dilation} "
+          f"stride={args.stride} padding={pad} m={args.m} {args.dtype} -> output {c.out_hw}")
+    print(f"  params     depthwise {c.params_depthwise:>12,}  pointwise {c.params_pointwise:>12,}  "
+          f"total {c.params:>12,}  dense conv {c.params_dense:>12,}  ratio {c.param_ratio_to_dense:.4f}")
+    print(f"  FLOPs      depthwise {2 * c.macs_depthwise:>12,}  pointwise {2 * c.macs_pointwise:>12,}  "
+          f"total {c.flops:>12,}  dense conv {2 * c.macs_dense:>12,}  ratio {c.mac_ratio_to_dense:.4f}")
+    for op in ("depthwise", "pointwise", "dsd"):
+        b, fv, fm = cost.op_work(c, op, "fwd", eb)
+        print(f"  ideal bytes {op:9s} {b:>14,.0f}")
+    print(f"  ideal bytes whole layer: fused {c.bytes_fused:,}  unfused {c.bytes_unfused:,} "
+          f"(+{c.bytes_unfused - c.bytes_fused:,}: z written and read back)")
+    for mode in ("fwd", "fwd+bwd"):
+        print(f"  roofline floor on {dev.name} ({dev.bandwidth / 1e12:.2f} TB/s, "
+              f"{dev.matrix_flops / 1e12:.0f} TFLOP/s matrix), {mode}: "
+              f"{cost.roofline_ms(c, 'dsd', mode, dev, eb) * 1e3:.2f} us (model, not a measurement)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triton-dsd", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -247,6 +363,44 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--interpret", action="store_true",
                    help="no GPU: run the sweep under the Triton interpreter (wall-clock timer)")
     t.set_defaults(func=cmd_tune)
+    b = sub.add_parser("bench", help="time Triton against the eager baseline into a CSV (+ figures)")
+    _add_grid_flags(b, BENCH_PRESETS)
+    from triton_dsd.bench import MODES, OPS, PROVIDERS
+    b.add_argument("--op", type=_choice_list({o: o for o in OPS}), default=["dsd"],
+                   help="dsd (the whole layer), depthwise, pointwise (default dsd)")
+    b.add_argument("--provider", type=_choice_list({p: p for p in PROVIDERS}),
+                   default=list(PROVIDERS), help=f"any of {', '.join(PROVIDERS)} (default all)")
+    b.add_argument("--mode", type=_choice_list({m: m for m in MODES}), default=["fwd"],
+                   help="fwd, bwd, fwd+bwd (default fwd)")
+    b.add_argument("--csv", default=None, help="CSV to append to (default: plots/bench_<GPU>.csv)")
+    b.add_argument("--out-dir", default=None, help="folder for the CSV and figures")
+    b.add_argument("--no-plot", action="store_true", help="do not draw figures")
+    b.add_argument("--interpret", action="store_true",
+                   help="no GPU: run the pipeline on tiny shapes under the interpreter (temp folder)")
+    b.set_defaults(func=cmd_bench)
+    pl = sub.add_parser("plot", help="figures from a benchmark CSV (or the cost model)")
+    pl.add_argument("--csv", default=None, help="a CSV written by `triton-dsd bench`")
+    pl.add_argument("--out", default="plots", help="output folder (default plots/)")
+    pl.add_argument("--label", default="", help="title prefix")
+    pl.add_argument("--cost-model", action="store_true", help="the cost-model figure (labelled a model)")
+    pl.set_defaults(func=cmd_plot)
+    c = sub.add_parser("cost", help="parameters, FLOPs, ideal bytes and roofline floor of a layer")
+    c.add_argument("--N", type=_pos_int, default=8)
+    c.add_argument("--C", type=_pos_int, default=128)
+    c.add_argument("--M", type=_pos_int, default=128)
+    c.add_argument("--H", type=_pos_int, default=56)
+    c.add_argument("--W", type=_pos_int, default=56)
+    c.add_argument("--K", type=_pos_int, default=3)
+    c.add_argument("--dilation", type=_pos_int, default=1)
+    c.add_argument("--stride", type=_pos_int, default=1)
+    c.add_argument("--m", type=_pos_int, default=1, help="depth multiplier")
+    c.add_argument("--padding", default="same", help="'same', 'valid' or an int")
+    c.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    c.add_argument("--device", default="H200", help="A100, H100 or H200 (datasheet peaks)")
+    c.add_argument("--bandwidth", type=float, default=None, help="override: memory GB/s")
+    c.add_argument("--flops", type=float, default=None, help="override: matrix TFLOP/s")
+    c.add_argument("--vector-flops", type=float, default=None, help="override: fp32 TFLOP/s")
+    c.set_defaults(func=cmd_cost)
     i = sub.add_parser("inspect", help="offline compile report (registers, spills, SASS mix)")
     i.add_argument("--arch", default="80,90", help="comma-separated SM versions (default 80,90)")
     i.add_argument("--json", action="store_true", help="print JSON rows instead of a table")

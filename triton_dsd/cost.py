@@ -32,6 +32,7 @@ class LayerCost:
     macs_dense: int
     bytes_fused: int
     bytes_unfused: int
+    y_bytes: int = 0
 
     @property
     def params(self) -> int:
@@ -91,4 +92,57 @@ def layer_cost(N: int, C: int, M: int, H: int, W: int, kernel_size: Pair, dilati
         out_hw=(oh, ow), params_depthwise=p_dw, params_pointwise=p_pw, params_dense=p_dense,
         macs_depthwise=pix * cm * kh * kw, macs_pointwise=pix * cm * M,
         macs_dense=pix * C * M * kh * kw,
-        bytes_fused=x_bytes + w_bytes + y_bytes, bytes_unfused=x_bytes + w_bytes + y_bytes + 2 * z_bytes)
+        bytes_fused=x_bytes + w_bytes + y_bytes, bytes_unfused=x_bytes + w_bytes + y_bytes + 2 * z_bytes,
+        y_bytes=y_bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    name: str
+    bandwidth: float  # bytes/s (HBM, datasheet)
+    matrix_flops: float  # dense bf16/fp16 tensor-core FLOP/s (datasheet)
+    vector_flops: float  # fp32 FMA FLOP/s on the CUDA cores (datasheet)
+
+
+#: datasheet peaks (SXM parts); every figure made from them is labelled a model
+DEVICES = {
+    "A100": Device("A100", 2.039e12, 312e12, 19.5e12),
+    "H100": Device("H100", 3.35e12, 989e12, 67e12),
+    "H200": Device("H200", 4.8e12, 989e12, 67e12),
+}
+
+
+def device_for(gpu_name: str) -> Device:
+    """The datasheet entry whose name appears in a GPU name ('NVIDIA H200' -> H200)."""
+    for key, dev in DEVICES.items():
+        if key.lower() in gpu_name.lower():
+            return dev
+    raise KeyError(f"no datasheet peaks for {gpu_name!r}; known: {sorted(DEVICES)} "
+                   f"(pass --bandwidth and --flops)")
+
+
+#: backward moves about twice the forward's bytes and does twice its FLOPs (dX and dW)
+MODE_FACTOR = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}
+
+
+def op_work(c: LayerCost, op: str, mode: str = "fwd", dtype_bytes: int = 2) -> Tuple[float, float, float]:
+    """(ideal bytes, vector FLOPs, matrix FLOPs) of one op: 'dsd' (the whole layer at its
+    fused minimum traffic), 'depthwise' or 'pointwise'."""
+    f = MODE_FACTOR[mode]
+    if op == "dsd":
+        return f * c.bytes_fused, f * 2.0 * c.macs_depthwise, f * 2.0 * c.macs_pointwise
+    z = (c.bytes_unfused - c.bytes_fused) / 2  # the depthwise output's bytes
+    w_dw, w_pw = c.params_depthwise * dtype_bytes, c.params_pointwise * dtype_bytes
+    if op == "depthwise":
+        x = c.bytes_fused - w_dw - w_pw - c.y_bytes
+        return f * (x + w_dw + z), f * 2.0 * c.macs_depthwise, 0.0
+    if op == "pointwise":
+        return f * (z + w_pw + c.y_bytes), 0.0, f * 2.0 * c.macs_pointwise
+    raise ValueError(f"unknown op {op!r}")
+
+
+def roofline_ms(c: LayerCost, op: str, mode: str, dev: Device, dtype_bytes: int = 2) -> float:
+    """The floor time: max(ideal bytes / bandwidth, vector FLOPs / vector peak + matrix FLOPs /
+    matrix peak). No kernel can beat it; % of roofline = floor / measured."""
+    b, fv, fm = op_work(c, op, mode, dtype_bytes)
+    return 1e3 * max(b / dev.bandwidth, fv / dev.vector_flops + fm / dev.matrix_flops)
