@@ -12,6 +12,10 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 from triton_dsd import launch  # noqa: E402  (after TRITON_INTERPRET)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cuda":
+    # exact fp32 everywhere in the tests (eager convs and our GEMMs both follow this flag);
+    # TF32 numerics are covered where a test turns it on explicitly
+    torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(autouse=True)

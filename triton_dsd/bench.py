@@ -114,7 +114,6 @@ def make_case(op: str, provider: str, mode: str, p: Problem) -> Callable[[], obj
     if mode != "fwd":
         xs = [x.requires_grad_() for x in xs]
     state = {"i": 0}
-    flags = _flags(provider)
 
     def nxt():
         state["i"] = (state["i"] + 1) % len(xs)
@@ -122,22 +121,22 @@ def make_case(op: str, provider: str, mode: str, p: Problem) -> Callable[[], obj
 
     if mode == "fwd":
         def run():
-            with torch.no_grad(), flags:
+            with torch.no_grad(), _flags(provider):
                 return module(nxt())
         return run
-    with flags:
+    with _flags(provider):
         ys = [module(x) for x in xs]
     dys = [torch.randn_like(y) for y in ys]
     if mode == "bwd":
         def run():
             i = state["i"] = (state["i"] + 1) % len(ys)
-            with flags:
+            with _flags(provider):
                 ys[i].backward(dys[i], retain_graph=True)
         return run
 
     def run():
         x = nxt()
-        with flags:
+        with _flags(provider):
             module(x).backward(dys[state["i"]])
     return run
 
@@ -210,7 +209,7 @@ def run(problems: Sequence[Problem], ops: Sequence[str], providers: Sequence[str
 
 
 def _r(v):
-    return round(v, 5) if isinstance(v, float) else v
+    return float(f"{v:.6g}") if isinstance(v, float) else v
 
 
 def read_csv(path: str) -> List[dict]:

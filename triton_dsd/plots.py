@@ -3,7 +3,7 @@
 For each (GPU, op, mode, dtype, layout) and each swept axis (K, dilation, C): throughput (GB/s
 for the depthwise op, TFLOP/s for the pointwise op and the whole layer) with one line per
 provider, the eager baseline always drawn, the roofline as a dashed line, and a speedup panel
-(provider time / eager time... inverted: eager / provider). Titles name the GPU, dtype, layout.
+(eager time / provider time: above 1 is faster than eager). Titles name the GPU, dtype, layout.
 """
 from __future__ import annotations
 
@@ -112,6 +112,8 @@ def figures(rows: Sequence[dict], out_dir: str, label: str = "") -> List[str]:
             ax2.grid(alpha=0.3)
             if axis == "C":
                 ax2.set_xscale("log", base=2)
+            ax2.set_xticks(xs)
+            ax2.set_xticklabels([str(x) for x in xs])
             fixed_txt = ", ".join(f"{a}={fixed[a]}" for a in others if a in ("N", "C", "M", "H", "W", "K", "dilation") )
             ax.set_title(f"{label}{op} {mode} on {gpu}, {dtype}, {layout}\n{fixed_txt}", fontsize=10)
             name = f"{_slug(gpu)}_{op}_{_slug(mode)}_{dtype}_{layout}_vs_{axis}.png"
