@@ -49,3 +49,10 @@ def launch_log(monkeypatch):
 def ran(*names: str) -> bool:
     """True if each named kernel launched at least once since the test began."""
     return all(launch.LAUNCHES[n] > 0 for n in names)
+
+
+def same_format(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Both tensors are dense in the same memory format(s) (ambiguous shapes, such as 1x1 maps,
+    are dense in both and match either)."""
+    fmt = lambda t: (t.is_contiguous(), t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))  # noqa: E731
+    return fmt(a) == fmt(b)

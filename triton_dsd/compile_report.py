@@ -185,7 +185,8 @@ def _stored_cases(dirs: Sequence[str]) -> Dict[str, Callable[[], None]]:
 
 
 def collect(archs: Sequence[int] = (80, 90), cubin_dir: Optional[str] = None,
-            extra_kwargs: Optional[dict] = None, stored: bool = True) -> List[Row]:
+            extra_kwargs: Optional[dict] = None, stored: bool = True,
+            only: Optional[Sequence[str]] = None) -> List[Row]:
     """Compile every default case and (stored=True) every shipped config, plus the configs in
     $TRITON_DSD_CONFIG_DIR, for every arch; ``extra_kwargs`` overrides launch kwargs (IDX64)."""
     from triton_dsd import launch, tuning
@@ -197,6 +198,8 @@ def collect(archs: Sequence[int] = (80, 90), cubin_dir: Optional[str] = None,
     out_dir = cubin_dir or tmp
     os.makedirs(out_dir, exist_ok=True)
     cases = dict(_cases())
+    if only is not None:
+        cases = {k: v for k, v in cases.items() if k in only}
     if stored:
         dirs = [tuning.shipped_dir()]
         if os.environ.get("TRITON_DSD_CONFIG_DIR"):
@@ -206,7 +209,8 @@ def collect(archs: Sequence[int] = (80, 90), cubin_dir: Optional[str] = None,
         with launch.capture_launches() as launches, tuning.defaults_only():
             run()
         for kernel, _grid, args, kwargs in launches:
-            kwargs = {**kwargs, **(extra_kwargs or {})}
+            # overrides apply to the kernels that take them (the split-K finish has no IDX64)
+            kwargs = {**kwargs, **{k: v for k, v in (extra_kwargs or {}).items() if k in kwargs}}
             name = kernel.fn.__name__
             for arch in archs:
                 slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{name}_{case}_sm{arch}").strip("_")
