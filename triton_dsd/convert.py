@@ -127,6 +127,23 @@ def _convert(module: nn.Module, prefix: str, report: List[Replacement]) -> nn.Mo
     return module
 
 
+def _apply(what: str, walk, model: nn.Module, inplace: bool, verbose: bool,
+           return_report: bool):
+    """Shared driver of convert / to_eager: copy, walk, log the replacements."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"triton_dsd.{what}: `model` must be an nn.Module; got {type(model).__name__}")
+    model = model if inplace else copy.deepcopy(model)
+    report: List[Replacement] = []
+    model = walk(model, "", report)
+    for r in report:
+        log.info("%s: %s", what, r)
+        if verbose:
+            print(f"triton_dsd.{what}: {r}")
+    if not report:
+        log.info("%s: nothing to replace", what)
+    return (model, report) if return_report else model
+
+
 def convert(model: nn.Module, *, inplace: bool = False, verbose: bool = False,
             return_report: bool = False) -> Union[nn.Module, Tuple[nn.Module, List[Replacement]]]:
     """The model with its eager depthwise and separable convolutions on the Triton kernels.
@@ -134,18 +151,7 @@ def convert(model: nn.Module, *, inplace: bool = False, verbose: bool = False,
     inplace=False converts a deep copy. Every replacement is logged on the ``triton_dsd`` logger
     (and printed with verbose=True); return_report=True also returns the list.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"triton_dsd.convert: `model` must be an nn.Module; got {type(model).__name__}")
-    model = model if inplace else copy.deepcopy(model)
-    report: List[Replacement] = []
-    model = _convert(model, "", report)
-    for r in report:
-        log.info("convert: %s", r)
-        if verbose:
-            print(f"triton_dsd.convert: {r}")
-    if not report:
-        log.info("convert: nothing to replace")
-    return (model, report) if return_report else model
+    return _apply("convert", _convert, model, inplace, verbose, return_report)
 
 
 def _eager_conv(new: nn.Module) -> Conv:
@@ -197,13 +203,4 @@ def _to_eager(module: nn.Module, prefix: str, report: List[Replacement]) -> nn.M
 def to_eager(model: nn.Module, *, inplace: bool = False, verbose: bool = False,
              return_report: bool = False) -> Union[nn.Module, Tuple[nn.Module, List[Replacement]]]:
     """Undo :func:`convert`: Triton layers back to plain nn.Conv layers / the eager class."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"triton_dsd.to_eager: `model` must be an nn.Module; got {type(model).__name__}")
-    model = model if inplace else copy.deepcopy(model)
-    report: List[Replacement] = []
-    model = _to_eager(model, "", report)
-    for r in report:
-        log.info("to_eager: %s", r)
-        if verbose:
-            print(f"triton_dsd.to_eager: {r}")
-    return (model, report) if return_report else model
+    return _apply("to_eager", _to_eager, model, inplace, verbose, return_report)
