@@ -3,6 +3,34 @@
 Device policy: CUDA tensors run the Triton kernels; CPU tensors run them under the Triton
 interpreter when TRITON_INTERPRET=1 is set (before import), and eager PyTorch otherwise.
 """
+def _map_source_tree() -> None:
+    """Installed, ``triton_dsd.kernels`` and ``triton_dsd.autotune_configs`` are subpackages (see
+    pyproject.toml). Imported straight from a source checkout (``python -m pytest`` from the repo
+    root puts it first on sys.path), they are the top-level folders kernels/ and
+    autotune_configs/: map them, so the checkout works with or without an install."""
+    import importlib.util
+    import os
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for sub, folder in (("kernels", "kernels"), ("autotune_configs", "autotune_configs")):
+        name = f"{__name__}.{sub}"
+        init = os.path.join(root, folder, "__init__.py")
+        if name in sys.modules or not os.path.exists(init):
+            continue
+        try:
+            if importlib.util.find_spec(name) is not None:
+                continue
+        except ImportError:
+            pass
+        spec = importlib.util.spec_from_file_location(
+            name, init, submodule_search_locations=[os.path.dirname(init)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+_map_source_tree()
+
 from triton_dsd.functional import (depthwise_conv1d, depthwise_conv2d, dsd_conv1d, dsd_conv2d,
                                    pointwise_conv1d, pointwise_conv2d)
 from triton_dsd.modules import (DepthwiseConv1d, DepthwiseConv2d, DepthwiseSeparableDilatedConv1d,

@@ -80,14 +80,15 @@ def _flags(provider: str):
 
 
 def _inputs(op: str, p: Problem, copies: int) -> List[torch.Tensor]:
-    """Random inputs of the op (x, or z for pointwise), in the problem's layout, several copies."""
-    g = torch.Generator().manual_seed(0)
+    """Random inputs of the op (x, or z for pointwise), in the problem's layout, several copies,
+    generated on the device itself."""
+    g = torch.Generator(device=p.device).manual_seed(0)
     H = p.H if p.dim == 2 else 1
     C = p.C * p.m if op == "pointwise" else p.C
     shape = (p.N, C, H, p.W) if op != "pointwise" else (p.N, C, *p.out_hw)
     out = []
     for _ in range(copies):
-        t = torch.randn(*shape, generator=g).to(p.dtype).to(p.device)
+        t = torch.randn(*shape, generator=g, device=p.device).to(p.dtype)
         if p.layout == "cl":
             t = t.contiguous(memory_format=torch.channels_last)
         out.append(t if p.dim == 2 else t.squeeze(2))
@@ -95,12 +96,13 @@ def _inputs(op: str, p: Problem, copies: int) -> List[torch.Tensor]:
 
 
 def _copies(p: Problem, op: str) -> int:
-    """Enough input copies to exceed twice the L2 (60 MB on H100/H200), at most 16."""
+    """Input copies to rotate through: enough to exceed the L2 (60 MB on H100/H200), at most 4
+    (do_bench also flushes the L2 between repetitions)."""
     if p.device.type != "cuda":
         return 1
     H = p.H if p.dim == 2 else 1
     nbytes = p.N * p.C * p.m * H * p.W * p.dtype.itemsize
-    return int(min(16, max(1, -(-120 * 2**20 // max(nbytes, 1)))))
+    return int(min(4, max(1, -(-60 * 2**20 // max(nbytes, 1)))))
 
 
 def make_case(op: str, provider: str, mode: str, p: Problem) -> Callable[[], object]:
@@ -108,6 +110,9 @@ def make_case(op: str, provider: str, mode: str, p: Problem) -> Callable[[], obj
     torch.manual_seed(0)
     module = _module(op, provider, p)
     if provider == "compile":
+        # a fresh dynamo state per case: the recompile limit is shared by every compiled module,
+        # and past it dynamo silently falls back to eager
+        torch._dynamo.reset()
         backend = "inductor" if p.device.type == "cuda" else "aot_eager"
         module = torch.compile(module, backend=backend)
     xs = _inputs(op, p, _copies(p, op))
@@ -141,14 +146,20 @@ def make_case(op: str, provider: str, mode: str, p: Problem) -> Callable[[], obj
     return run
 
 
+#: do_bench warmup / repetition budgets in ms (the GPU script shortens them)
+BENCH_MS = dict(warmup=25, rep=100)
+
+
 def measure(fn: Callable[[], object], device: torch.device) -> Dict[str, float]:
-    """ms at the median, 20th and 80th percentiles, and peak memory (MiB, GPU)."""
+    """ms at the median, 20th and 80th percentiles, and peak memory (MiB, GPU) of one call."""
     if device.type == "cuda":
         fn()  # warm: compile, autotune, cuDNN benchmark
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-        p50, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], warmup=25, rep=100)
+        fn()  # peak memory of one call (do_bench's own L2-flush buffer would inflate it)
+        torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated(device) / 2**20
+        p50, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], **BENCH_MS)
         return dict(ms_p50=p50, ms_p20=p20, ms_p80=p80, peak_mem_mb=round(peak, 1))
     fn()
     times = []
@@ -165,9 +176,13 @@ def gpu_name(device: torch.device) -> str:
 
 
 def run(problems: Sequence[Problem], ops: Sequence[str], providers: Sequence[str],
-        modes: Sequence[str], progress: Callable[[str], None] = print) -> List[dict]:
+        modes: Sequence[str], progress: Callable[[str], None] = print,
+        on_problem: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
+    """Measure every (problem, op, mode, provider); ``on_problem`` gets each problem's rows as
+    soon as they exist (the CLI appends them to the CSV, so an interrupted sweep keeps them)."""
     rows = []
     for p in problems:
+        first = len(rows)
         c = cost.layer_cost(p.N, p.C, p.M, p.H if p.dim == 2 else 1, p.W, p.kernel,
                             p.dilations, p.strides, "same" if p.stride == 1 else
                             ((p.dilations[0] * (p.kernel[0] - 1)) // 2,
@@ -190,9 +205,9 @@ def run(problems: Sequence[Problem], ops: Sequence[str], providers: Sequence[str
                         progress(f"  skip {op} {mode} {prov} {p.label()}: {type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:120] if str(e) else ''}")
                         continue
-                    b, fv, fm = cost.op_work(c, op, mode, p.dtype.itemsize)
+                    b, fv, fm = cost.op_work(c, op, mode)
                     s = m["ms_p50"] / 1e3
-                    floor = cost.roofline_ms(c, op, mode, dev, p.dtype.itemsize) if dev else None
+                    floor = cost.roofline_ms(c, op, mode, dev) if dev else None
                     rows.append(dict(
                         op=op, mode=mode, provider=prov, dtype=str(p.dtype).replace("torch.", ""),
                         layout=p.layout, N=p.N, C=p.C, M=p.M, H=p.H if p.dim == 2 else 1, W=p.W,
@@ -205,6 +220,8 @@ def run(problems: Sequence[Problem], ops: Sequence[str], providers: Sequence[str
                             timespec="seconds")))
                     progress(f"  {op:9s} {mode:7s} {prov:14s} {p.label():55s} "
                              f"{m['ms_p50']:9.4f} ms")
+        if on_problem is not None and len(rows) > first:
+            on_problem(rows[first:])
     return rows
 
 

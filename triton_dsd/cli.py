@@ -217,6 +217,7 @@ def cmd_tune(args) -> int:
           f"<= {max_cands or 'all'} candidates each, rank {rank}/{world}, into {out}", flush=True)
     stats = tuning.sweep(problems, out, max_candidates=max_cands, rank=rank, world=world)
     if world > 1:
+        os.makedirs(out, exist_ok=True)
         open(os.path.join(out, f".shard{rank}.done"), "w").close()
         if rank == 0:
             deadline = time.time() + 6 * 3600
@@ -274,11 +275,14 @@ def cmd_bench(args) -> int:
             args.parser.error(str(e))
     print(f"triton-dsd bench: {len(problems)} shape(s), ops {args.op}, modes {args.mode}, "
           f"providers {args.provider}{' (interpreter: not a speed)' if interp else ''}", flush=True)
-    rows = bench.run(problems, args.op, args.provider, args.mode)
+    if args.fast:
+        bench.BENCH_MS.update(warmup=10, rep=40)
+    rows = bench.run(problems, args.op, args.provider, args.mode, progress=lambda m: print(m, flush=True),
+                     on_problem=lambda rs: bench.append_csv(csv_path, rs))
     if not rows:
         print("no provider could run any case", file=sys.stderr)
         return 1
-    n = bench.append_csv(csv_path, rows)
+    n = len(bench.read_csv(csv_path))
     print()
     print(bench.summary(rows))
     print(f"\nwrote {len(rows)} rows ({n} in the file) to {csv_path}")
@@ -336,14 +340,14 @@ def cmd_cost(args) -> int:
     print(f"  FLOPs      depthwise {2 * c.macs_depthwise:>12,}  pointwise {2 * c.macs_pointwise:>12,}  "
           f"total {c.flops:>12,}  dense conv {2 * c.macs_dense:>12,}  ratio {c.mac_ratio_to_dense:.4f}")
     for op in ("depthwise", "pointwise", "dsd"):
-        b, fv, fm = cost.op_work(c, op, "fwd", eb)
+        b, fv, fm = cost.op_work(c, op, "fwd")
         print(f"  ideal bytes {op:9s} {b:>14,.0f}")
     print(f"  ideal bytes whole layer: fused {c.bytes_fused:,}  unfused {c.bytes_unfused:,} "
           f"(+{c.bytes_unfused - c.bytes_fused:,}: z written and read back)")
     for mode in ("fwd", "fwd+bwd"):
         print(f"  roofline floor on {dev.name} ({dev.bandwidth / 1e12:.2f} TB/s, "
               f"{dev.matrix_flops / 1e12:.0f} TFLOP/s matrix), {mode}: "
-              f"{cost.roofline_ms(c, 'dsd', mode, dev, eb) * 1e3:.2f} us (model, not a measurement)")
+              f"{cost.roofline_ms(c, 'dsd', mode, dev) * 1e3:.2f} us (model, not a measurement)")
     return 0
 
 
@@ -375,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--csv", default=None, help="CSV to append to (default: plots/bench_<GPU>.csv)")
     b.add_argument("--out-dir", default=None, help="folder for the CSV and figures")
     b.add_argument("--no-plot", action="store_true", help="do not draw figures")
+    b.add_argument("--fast", action="store_true", help="shorter do_bench budgets (10/40 ms)")
     b.add_argument("--interpret", action="store_true",
                    help="no GPU: run the pipeline on tiny shapes under the interpreter (temp folder)")
     b.set_defaults(func=cmd_bench)

@@ -33,6 +33,7 @@ class LayerCost:
     bytes_fused: int
     bytes_unfused: int
     y_bytes: int = 0
+    dtype_bytes: int = 2
 
     @property
     def params(self) -> int:
@@ -93,7 +94,7 @@ def layer_cost(N: int, C: int, M: int, H: int, W: int, kernel_size: Pair, dilati
         macs_depthwise=pix * cm * kh * kw, macs_pointwise=pix * cm * M,
         macs_dense=pix * C * M * kh * kw,
         bytes_fused=x_bytes + w_bytes + y_bytes, bytes_unfused=x_bytes + w_bytes + y_bytes + 2 * z_bytes,
-        y_bytes=y_bytes)
+        y_bytes=y_bytes, dtype_bytes=dtype_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,10 +126,11 @@ def device_for(gpu_name: str) -> Device:
 MODE_FACTOR = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}
 
 
-def op_work(c: LayerCost, op: str, mode: str = "fwd", dtype_bytes: int = 2) -> Tuple[float, float, float]:
+def op_work(c: LayerCost, op: str, mode: str = "fwd") -> Tuple[float, float, float]:
     """(ideal bytes, vector FLOPs, matrix FLOPs) of one op: 'dsd' (the whole layer at its
     fused minimum traffic), 'depthwise' or 'pointwise'."""
     f = MODE_FACTOR[mode]
+    dtype_bytes = c.dtype_bytes
     if op == "dsd":
         return f * c.bytes_fused, f * 2.0 * c.macs_depthwise, f * 2.0 * c.macs_pointwise
     z = (c.bytes_unfused - c.bytes_fused) / 2  # the depthwise output's bytes
@@ -141,8 +143,10 @@ def op_work(c: LayerCost, op: str, mode: str = "fwd", dtype_bytes: int = 2) -> T
     raise ValueError(f"unknown op {op!r}")
 
 
-def roofline_ms(c: LayerCost, op: str, mode: str, dev: Device, dtype_bytes: int = 2) -> float:
+def roofline_ms(c: LayerCost, op: str, mode: str, dev: Device) -> float:
     """The floor time: max(ideal bytes / bandwidth, vector FLOPs / vector peak + matrix FLOPs /
-    matrix peak). No kernel can beat it; % of roofline = floor / measured."""
-    b, fv, fm = op_work(c, op, mode, dtype_bytes)
-    return 1e3 * max(b / dev.bandwidth, fv / dev.vector_flops + fm / dev.matrix_flops)
+    matrix peak), the matrix peak halved for fp32 (TF32). No kernel can beat it;
+    % of roofline = floor / measured."""
+    b, fv, fm = op_work(c, op, mode)
+    matrix = dev.matrix_flops / (2 if c.dtype_bytes == 4 else 1)
+    return 1e3 * max(b / dev.bandwidth, fv / dev.vector_flops + fm / matrix)

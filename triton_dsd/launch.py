@@ -238,6 +238,8 @@ def _run_tuned(family: str, fields: Dict[str, object], like: torch.Tensor, defau
         return run(cfg)
 
     def autotune():
+        if _CAPTURE is not None:  # recording launches (chosen_config, inspect): never time
+            return None
         space = tuning.config_space(family, fields, like.element_size())
         best = tuning.pick_best(run, tuning.limit(space, 64, default), tuning.timer_for(like.device))
         if best is None:

@@ -132,7 +132,7 @@ def cost_model_figure(out_dir: str, N: int = 8, C: int = 128, M: int = 128, H: i
             t = []
             for k in ks:
                 c = cost.layer_cost(N, C, M, H, W, k, 2, 1, "same", 1, True, dtype_bytes)
-                b, fv, fm = cost.op_work(c, "dsd", "fwd", dtype_bytes)
+                b, fv, fm = cost.op_work(c, "dsd", "fwd")
                 if not fused:
                     b = c.bytes_unfused
                 t.append(1e3 * max(b / dev.bandwidth, fv / dev.vector_flops + fm / dev.matrix_flops))

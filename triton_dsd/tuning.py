@@ -264,6 +264,9 @@ def write_entries(root: str, family: str, device: str, dtype: str,
                     configs={k: current[k] for k in sorted(current)})
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".json")
         try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared store must be readable
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=1)
                 f.write("\n")
