@@ -27,6 +27,7 @@ def _map_source_tree() -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
+        globals()[sub] = module
 
 
 _map_source_tree()
