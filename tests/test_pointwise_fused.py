@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import triton_dsd
 from triton_dsd import launch
-from triton_dsd.testing import assert_close, reference
+from triton_dsd.testing import assert_close, magnitudes, reference
 from conftest import DEVICE, ran, same_format
 from pairwise import pairwise
 from test_depthwise import DTYPES, _layout, _id, _valid
@@ -82,21 +82,24 @@ def check_dsd(dim, dtype, layout, N, C, M, m, K, stride, padding, dilation, bias
         assert launch.LAUNCHES["pointwise_fwd_kernel"] == 1
     xr = reference(x)
     pr = [reference(p) for p in params]
-    yr = _eager_dsd(xr, *pr, stride, padding, dilation, dim, dtype)
+    eager = lambda *a: _eager_dsd(*a, stride, padding, dilation, dim, dtype)  # noqa: E731
+    yr = eager(xr, *pr)
+    dy = torch.randn(yr.shape, generator=g, dtype=torch.float64).to(dtype)
+    ya, grads_a = magnitudes(eager, [xr, *pr], dy.double())
     taps = math.prod(ks)
     tf = _tf32(dtype)
-    assert_close(y, yr, dtype, C * m * taps, "y", tf32=tf)
+    assert_close(y, yr, dtype, C * m * taps, "y", tf32=tf, magnitude=ya)
     if dim == 2:
         assert same_format(y, yr), (y.stride(), yr.stride())
-    dy = torch.randn(yr.shape, generator=g, dtype=torch.float64).to(dtype)
     y.backward(dy.to(DEVICE))
     yr.backward(dy.double())
     pixels = N * math.prod(yr.shape[2:])
-    assert_close(x.grad, xr.grad, dtype, M * taps * m, "dx", tf32=tf)
-    for name, p, q in zip(("dw_weight", "dw_bias", "pw_weight", "pw_bias"), params, pr):
+    assert_close(x.grad, xr.grad, dtype, M * taps * m, "dx", tf32=tf, magnitude=grads_a[0])
+    for name, p, q, mag in zip(("dw_weight", "dw_bias", "pw_weight", "pw_bias"), params, pr,
+                               grads_a[1:]):
         if p is not None:
             assert_close(p.grad, q.grad, dtype, pixels * (M if name.startswith("dw") else 1),
-                         name, tf32=tf)
+                         name, tf32=tf, magnitude=mag)
     assert ran("depthwise_bwd_input_kernel", "depthwise_bwd_weight_kernel",
                "pointwise_bwd_weight_kernel", "pointwise_fwd_kernel")
 

@@ -31,9 +31,14 @@ def tolerance(dtype: torch.dtype, reduction_len: int = 1, tf32: bool = False) ->
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
-                 reduction_len: int = 1, name: str = "result", tf32: bool = False) -> None:
+                 reduction_len: int = 1, name: str = "result", tf32: bool = False,
+                 magnitude: Optional[torch.Tensor] = None) -> None:
     """``actual`` equals the float64 ``expected`` within the dtype's tolerance; NaN never passes
-    unless the reference has a NaN in the same place."""
+    unless the reference has a NaN in the same place.
+
+    The tolerance is relative to the largest reference value, or, when given, to the largest
+    ``magnitude``: the same computation on absolute values (sum of |terms|), which is what
+    rounding errors scale with when terms cancel."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     a = actual.detach().to("cpu", torch.float64)
     e = expected.detach().to("cpu", torch.float64)
@@ -44,10 +49,25 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     if not bool(fin.any()):
         return
     scale = float(e[fin].abs().max().clamp_min(1e-30))
+    if magnitude is not None:
+        mag = magnitude.detach().to("cpu", torch.float64).abs()
+        mag = mag[torch.isfinite(mag)]
+        if mag.numel():
+            scale = max(scale, float(mag.max()))
     err = float((a[fin] - e[fin]).abs().max())
     tol = tolerance(dtype, reduction_len, tf32) * scale
     assert err <= tol, (f"{name}: max abs error {err:.3e} > tolerance {tol:.3e} "
                         f"({dtype}, reduction length {reduction_len}, max |ref| {scale:.3e})")
+
+
+def magnitudes(fn, inputs, grad_out: torch.Tensor):
+    """The output and input gradients of ``fn`` on |inputs| with |grad_out|: per element, the
+    sum of the absolute values of the terms the real computation adds (tolerance scales)."""
+    leaves = [None if t is None else t.detach().abs().requires_grad_(t.requires_grad)
+              for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad_out.detach().abs().to(out.dtype))
+    return out.detach(), [None if t is None else t.grad for t in leaves]
 
 
 def reference(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
