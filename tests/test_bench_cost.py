@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from triton_dsd import bench, cost, plots
+from conftest import DEVICE
 
 
 def test_cost_article_example_same_padding():
@@ -50,6 +51,10 @@ def test_roofline_floor_by_hand():
         cost.device_for("Tesla K80")
 
 
+#: subprocesses interpret only where the tests do (on a GPU they run natively)
+INTERP = {"TRITON_INTERPRET": "1"} if DEVICE == "cpu" else {}
+
+
 def _cli(*argv, env=None):
     e = dict(os.environ)
     e.update(env or {})
@@ -80,7 +85,7 @@ def test_bench_without_gpu_says_so_and_exits_0():
 def test_bench_interpret_pipeline_csv_and_figures(tmp_path):
     out = _cli("bench", "--interpret", "--preset", "ci", "--dim", "2", "--out-dir", str(tmp_path),
                "--op", "dsd,depthwise", "--mode", "fwd,fwd+bwd",
-               "--provider", "triton_fused,triton_unfused,eager,eager_native")
+               "--provider", "triton_fused,triton_unfused,eager,eager_native", env=INTERP)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = bench.read_csv(str(tmp_path / "bench.csv"))
     provs = {r["provider"] for r in rows}
@@ -88,10 +93,11 @@ def test_bench_interpret_pipeline_csv_and_figures(tmp_path):
     assert all(float(r["ms_p50"]) > 0 for r in rows)
     assert "vs eager" in out.stdout  # the printed summary
     pngs = sorted(p for p in os.listdir(tmp_path) if p.endswith(".png"))
-    assert "cpu_interpreter_dsd_fwd_float32_cl_vs_dilation.png" in pngs
+    gpu = plots._slug(rows[0]["gpu_name"])
+    assert f"{gpu}_dsd_fwd_float32_cl_vs_dilation.png" in pngs, pngs
     # appending the same sweep again replaces rows, never duplicates them
     again = _cli("bench", "--interpret", "--preset", "ci", "--dim", "2", "--out-dir", str(tmp_path),
-                 "--op", "dsd", "--mode", "fwd", "--provider", "eager", "--no-plot")
+                 "--op", "dsd", "--mode", "fwd", "--provider", "eager", "--no-plot", env=INTERP)
     assert again.returncode == 0
     assert len(bench.read_csv(str(tmp_path / "bench.csv"))) == len(rows)
 
@@ -105,7 +111,7 @@ def test_bench_interpret_pipeline_csv_and_figures(tmp_path):
     (["plot", "--csv", "/nonexistent.csv"], "no such CSV"),
 ])
 def test_bench_and_plot_usage_errors(argv, words):
-    out = _cli(*argv, env={"TRITON_INTERPRET": "1"})
+    out = _cli(*argv, env=INTERP)
     assert out.returncode == 2 and words in out.stderr, out.stderr[-1500:]
 
 
@@ -118,7 +124,7 @@ def test_csv_from_another_schema_is_refused(tmp_path):
     out = _cli("plot", "--csv", str(path), "--out", str(tmp_path))
     assert out.returncode == 2 and "missing columns" in out.stderr
     before = path.read_text()
-    out = _cli("bench", "--interpret", "--preset", "ci", "--csv", str(path), env={"TRITON_INTERPRET": "1"})
+    out = _cli("bench", "--interpret", "--preset", "ci", "--csv", str(path), env=INTERP)
     assert out.returncode == 2 and "not a triton_dsd benchmark CSV" in out.stderr
     assert path.read_text() == before  # nothing half-written
 
@@ -128,6 +134,7 @@ def test_cost_model_figure(tmp_path):
     assert os.path.basename(path).startswith("cost_model") and os.path.getsize(path) > 10_000
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="the dry run is the CPU stand-in for the GPU run")
 def test_gpu_script_dry_run(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(["bash", os.path.join(root, "scripts", "gpu_check.sh"), "--dry-run",

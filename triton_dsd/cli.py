@@ -264,10 +264,15 @@ def cmd_bench(args) -> int:
         PRESETS.clear()
         PRESETS.update(saved)
     interp = not torch.cuda.is_available()
-    out_dir = args.out_dir or (tempfile.mkdtemp(prefix="triton_dsd_bench_") if interp else "plots")
-    csv_path = args.csv or os.path.join(out_dir, "bench.csv")
-    if args.csv is None and not interp:
-        csv_path = os.path.join(out_dir, f"bench_{bench.gpu_name(problems[0].device).replace(' ', '_')}.csv")
+    if args.csv:
+        csv_path = args.csv
+    elif args.out_dir:
+        csv_path = os.path.join(args.out_dir, "bench.csv")
+    elif interp:  # interpreter runs never write into plots/ (it holds real GPU figures only)
+        csv_path = os.path.join(tempfile.mkdtemp(prefix="triton_dsd_bench_"), "bench.csv")
+    else:
+        gpu = bench.gpu_name(problems[0].device).replace(" ", "_")
+        csv_path = os.path.join("plots", f"bench_{gpu}.csv")
     if os.path.exists(csv_path):
         try:
             bench.read_csv(csv_path)
