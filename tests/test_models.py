@@ -5,7 +5,6 @@ import socket
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import triton_dsd

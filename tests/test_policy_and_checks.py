@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import triton_dsd
 from triton_dsd import launch
-from conftest import DEVICE, ran
+from conftest import DEVICE
 
 
 def test_cpu_without_interpreter_runs_eager():

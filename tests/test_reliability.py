@@ -1,16 +1,14 @@
 """Reliability: NaN/Inf exactly as eager, degenerate shapes, tensors past 2^31 elements, and
 property-based tests (hypothesis) over random valid configurations."""
-import math
 import os
 import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
 import triton_dsd
-from triton_dsd import checks, launch
+from triton_dsd import checks
 from triton_dsd.testing import assert_close, reference
 from conftest import DEVICE, ran
 from test_pointwise_fused import _eager_dsd, check_dsd

@@ -10,7 +10,7 @@ import torch
 import triton
 
 import triton_dsd
-from triton_dsd import launch, problems, tuning
+from triton_dsd import problems, tuning
 from triton_dsd.testing import assert_close
 from conftest import DEVICE
 

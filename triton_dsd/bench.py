@@ -22,7 +22,7 @@ import torch
 import triton
 from torch import nn
 
-from triton_dsd import cost, launch
+from triton_dsd import cost
 from triton_dsd.problems import Problem
 
 COLUMNS = ["op", "mode", "provider", "dtype", "layout", "N", "C", "M", "H", "W", "K", "dilation",

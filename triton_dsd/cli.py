@@ -337,7 +337,6 @@ def cmd_cost(args) -> int:
             dev = cost.device_for(args.device)
         except KeyError as e:
             args.parser.error(str(e))
-    eb = {"bfloat16": 2, "float16": 2, "float32": 4}[args.dtype]
     print(f"layer: N={args.N} C={args.C} M={args.M} {args.H}x{args.W} K={args.K} d={args.dilation} "
           f"stride={args.stride} padding={pad} m={args.m} {args.dtype} -> output {c.out_hw}")
     print(f"  params     depthwise {c.params_depthwise:>12,}  pointwise {c.params_pointwise:>12,}  "

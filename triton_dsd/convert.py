@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from typing import List, Optional, Tuple, Union
+from typing import List, Tuple, Union
 
 from torch import nn
 

@@ -175,12 +175,20 @@ def _tiles(OH: int, OW: int, cfg: Dict[str, int]) -> Tuple[int, int]:
 
 
 def _geometry(stride, pads, dilation, K):
-    (sh, sw), (pt, _pb, pl, _pr), (dh, dw), (kh, kw) = stride, pads, dilation, K
-    return dict(KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw), (pt, pl)
+    (sh, sw), (dh, dw), (kh, kw) = stride, dilation, K
+    # the kernels take the top/left padding; the bottom/right one only shapes the output
+    return dict(KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw), (pads[0], pads[2])
 
 
 def out_size(size: int, k: int, s: int, d: int, pad_lo: int, pad_hi: int) -> int:
     return (size + pad_lo + pad_hi - d * (k - 1) - 1) // s + 1
+
+
+def out_hw(HW: Sequence[int], K: Sequence[int], stride: Sequence[int], pads: Sequence[int],
+           dilation: Sequence[int]) -> Tuple[int, int]:
+    """Output (OH, OW) of a conv over (H, W); pads = (top, bottom, left, right)."""
+    return (out_size(HW[0], K[0], stride[0], dilation[0], pads[0], pads[1]),
+            out_size(HW[1], K[1], stride[1], dilation[1], pads[2], pads[3]))
 
 
 def _layout(channels_last: bool) -> str:
@@ -270,8 +278,7 @@ def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     """y = depthwise(x); pads = (top, bottom, left, right)."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
-    OH = out_size(H, KH, stride[0], dilation[0], pads[0], pads[1])
-    OW = out_size(W, KW, stride[1], dilation[1], pads[2], pads[3])
+    OH, OW = out_hw((H, W), (KH, KW), stride, pads, dilation)
     y = new_output((N, C_out, OH, OW), x, channels_last)
     if y.numel() == 0:
         return y
@@ -542,8 +549,7 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     N, C, H, W = x.shape
     CM, _, KH, KW = dw_weight.shape
     M = pw_weight.shape[0]
-    OH = out_size(H, KH, stride[0], dilation[0], pads[0], pads[1])
-    OW = out_size(W, KW, stride[1], dilation[1], pads[2], pads[3])
+    OH, OW = out_hw((H, W), (KH, KW), stride, pads, dilation)
     y = new_output((N, M, OH, OW), x, channels_last)
     if y.numel() == 0:
         return y

@@ -30,10 +30,7 @@ def _require_triton(x: Tensor) -> None:
 
 
 def _out_hw(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tuple[int, int]:
-    H, W = x.shape[2:]
-    KH, KW = weight.shape[2:]
-    return (launch.out_size(H, KH, stride[0], dilation[0], padding[0], padding[1]),
-            launch.out_size(W, KW, stride[1], dilation[1], padding[2], padding[3]))
+    return launch.out_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
 
 
 def _fake_like(x: Tensor, shape: Sequence[int], channels_last: bool) -> Tensor:

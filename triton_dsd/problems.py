@@ -56,8 +56,7 @@ class Problem:
     def out_hw(self) -> Tuple[int, int]:
         (kh, kw), (sh, sw), (dh, dw), p = self.kernel, self.strides, self.dilations, self.pads
         H = 1 if self.dim == 1 else self.H
-        return (launch.out_size(H, kh, sh, dh, p[0], p[1]),
-                launch.out_size(self.W, kw, sw, dw, p[2], p[3]))
+        return launch.out_hw((H, self.W), (kh, kw), (sh, sw), p, (dh, dw))
 
     def tensors(self, gen: torch.Generator = None) -> Dict[str, torch.Tensor]:
         """Random (never zero) tensors of the problem, in its layout, as 4D (1D: (N, C, 1, L))."""

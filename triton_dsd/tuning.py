@@ -20,7 +20,6 @@ first use, ``triton-dsd tune`` sweeps a grid.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -28,10 +27,13 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import triton
+
+if TYPE_CHECKING:  # pragma: no cover
+    from triton_dsd.problems import Problem
 
 SCHEMA = 1
 FAMILIES = ("depthwise_fwd", "depthwise_bwd_input", "depthwise_bwd_weight", "pointwise_fwd",
