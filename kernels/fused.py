@@ -3,7 +3,7 @@ import triton
 import triton.language as tl
 
 from triton_dsd.kernels.depthwise import MAX_UNROLL
-from triton_dsd.kernels.pointwise import _dot
+from triton_dsd.kernels.pointwise import _dot, _output_tile, _store_output
 
 
 @triton.jit
@@ -54,16 +54,7 @@ def dsd_fwd_kernel(
     (as the unfused pair would store it) and feeds it straight into tl.dot: z never touches
     global memory. Grid: (N * n_p_blocks * n_m_blocks,), M blocks of one pixel block adjacent.
     """
-    pid = tl.program_id(0)
-    pid_m = pid % n_m_blocks
-    rest = pid // n_m_blocks
-    pid_p = rest % n_p_blocks
-    n = tl.cast(rest // n_p_blocks, tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    if IDX64:
-        p = p.to(tl.int64)
-        m = m.to(tl.int64)
+    n, p, m = _output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
     mask_p = p < OH * OW
     mask_m = m < M
     oh = p // OW
@@ -94,7 +85,5 @@ def dsd_fwd_kernel(
         wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + m[None, :] * stride_wpm,
                      mask=mask_k[:, None] & mask_m[None, :], other=0.0)
         acc = _dot(z.to(wp_ptr.dtype.element_ty), wp, acc, ALLOW_TF32)
-    if HAS_PW_BIAS:
-        acc += tl.load(bp_ptr + m, mask=mask_m, other=0.0).to(ACC)[None, :]
-    y_ptrs = y_ptr + n * stride_yn + p[:, None] * stride_yp + m[None, :] * stride_ym
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_m[None, :])
+    _store_output(acc, bp_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
+                  HAS_PW_BIAS, ACC)

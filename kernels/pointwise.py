@@ -31,6 +31,34 @@ def _pixel_offsets(p, W_PIX, stride_h, stride_w, PIX_2D: tl.constexpr):
 
 
 @triton.jit
+def _output_tile(n_p_blocks, n_m_blocks, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
+                 IDX64: tl.constexpr):
+    """(n, pixel vector p, output-channel vector m) of this program in a flat GEMM grid
+    (N * n_p_blocks * n_m_blocks,) whose M blocks of one pixel block are adjacent (x reuse)."""
+    pid = tl.program_id(0)
+    pid_m = pid % n_m_blocks
+    rest = pid // n_m_blocks
+    pid_p = rest % n_p_blocks
+    n = tl.cast(rest // n_p_blocks, tl.int64)
+    if IDX64:  # widen before multiplying: a batch-folded pixel index can pass 2^31
+        pid_p = tl.cast(pid_p, tl.int64)
+        pid_m = tl.cast(pid_m, tl.int64)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    return n, p, m
+
+
+@triton.jit
+def _store_output(acc, b_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
+                  HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
+    """y[n, m, p] = acc[p, m] (+ b[m]), cast to y's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + m, mask=mask_m, other=0.0).to(ACC)[None, :]
+    y_ptrs = y_ptr + n * stride_yn + p[:, None] * stride_yp + m[None, :] * stride_ym
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_m[None, :])
+
+
+@triton.jit
 def pointwise_fwd_kernel(
     x_ptr,  # input x (N, K, P) by strides (pixels through _pixel_offsets)
     w_ptr,  # weight w (M, K) by strides
@@ -50,16 +78,7 @@ def pointwise_fwd_kernel(
     this kernel with x = dy and w = W^T (strides swapped). Grid: (N * n_p_blocks * n_m_blocks,),
     the M blocks of one pixel block adjacent so its x tile is reused from L2.
     """
-    pid = tl.program_id(0)
-    pid_m = pid % n_m_blocks
-    rest = pid // n_m_blocks
-    pid_p = rest % n_p_blocks
-    n = tl.cast(rest // n_p_blocks, tl.int64)
-    if IDX64:  # widen before multiplying: a batch-folded pixel index can pass 2^31
-        pid_p = tl.cast(pid_p, tl.int64)
-        pid_m = tl.cast(pid_m, tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, p, m = _output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
     mask_p = p < P
     mask_m = m < M
     x_rows = x_ptr + n * stride_xn + _pixel_offsets(p, W_PIX, stride_xh, stride_xw, PIX_2D)
@@ -74,10 +93,8 @@ def pointwise_fwd_kernel(
         b = tl.load(w_ptr + k[:, None] * stride_wk + m[None, :] * stride_wm,
                     mask=mask_k[:, None] & mask_m[None, :], other=0.0)
         acc = _dot(a, b, acc, ALLOW_TF32)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + m, mask=mask_m, other=0.0).to(ACC)[None, :]
-    y_ptrs = y_ptr + n * stride_yn + p[:, None] * stride_yp + m[None, :] * stride_ym
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_m[None, :])
+    _store_output(acc, b_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
+                  HAS_BIAS, ACC)
 
 
 @triton.jit
