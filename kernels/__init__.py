@@ -1,5 +1,6 @@
 """Triton kernels of triton_dsd (only ``@triton.jit`` code lives here).
 
-Installed as the subpackage ``triton_dsd.kernels``; the launch glue that calls these
-kernels is in ``triton_dsd/launch.py``.
+Installed as the subpackage ``triton_dsd.kernels``. ``_common.py`` holds the jit helpers the
+kernels share; ``triton_dsd/registry.py`` lists the kernels and ``triton_dsd/launchers.py``
+launches them.
 """

@@ -11,30 +11,15 @@ Notation (one kernel family for 1D and 2D: 1D is 2D with H = OH = KH = 1)::
 Tiles are [BLOCK_H, BLOCK_W, BLOCK_C]: with channels_last strides the channel axis is the
 contiguous one (16-byte loads); with NCHW strides the W axis is. Every kernel loads, upcasts to
 the accumulator dtype ACC (fp32, or fp64 for fp64 tensors), accumulates in ACC and casts on
-store. Out-of-range taps (the zero padding, asymmetric on the bottom/right is implied by the
+store. Out-of-range taps (the zero padding; an asymmetric bottom/right pad is implied by the
 bounds) are masked loads of zero. When IDX64 is set every element offset is computed in int64;
-the batch offset always is.
+the batch offset always is. Kernels with at most MAX_UNROLL taps unroll every tap; larger ones
+loop over kernel rows (one loop, ``tl.range`` with an unroll factor of KH or 1).
 """
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _tile_coords(tile, n_tiles_h, n_tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-                 IDX64: tl.constexpr):
-    """Decode a flat tile index over (n, tile_h, tile_w) into n and the row/column vectors."""
-    tiles_per_image = n_tiles_h * n_tiles_w
-    n = tile // tiles_per_image
-    rem = tile % tiles_per_image
-    rows = (rem // n_tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
-    cols = (rem % n_tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
-    if IDX64:
-        rows = rows.to(tl.int64)
-        cols = cols.to(tl.int64)
-    return tl.cast(n, tl.int64), rows, cols
-
-#: kernels with at most this many taps are fully unrolled; larger ones loop over kernel rows
-MAX_UNROLL = tl.constexpr(64)
+from triton_dsd.kernels._common import MAX_UNROLL, store_partial, tile_coords
 
 
 @triton.jit
@@ -91,7 +76,7 @@ def _bwd_input_tap_row(acc, dy_base, w_ptr, ci, mask_c, ih, iw, kh, OH, OW, stri
 def depthwise_fwd_kernel(
     x_ptr,  # input x (N, C_in, H, W), any strides
     w_ptr,  # weight (C_out, 1, KH, KW), any strides
-    b_ptr,  # bias (C_out,), contiguous; read only when HAS_BIAS
+    b_ptr,  # bias (C_out,), contiguous; None when HAS_BIAS is False
     y_ptr,  # output y (N, C_out, OH, OW), any strides
     C_out, H, W, OH, OW, n_tiles_h, n_tiles_w, n_c_blocks,
     stride_xn, stride_xc, stride_xh, stride_xw,
@@ -109,23 +94,18 @@ def depthwise_fwd_kernel(
     Grid: (N * n_tiles_h * n_tiles_w * n_c_blocks,), channel blocks of one tile adjacent.
     """
     pid = tl.program_id(0)
-    n, oh, ow = _tile_coords(pid // n_c_blocks, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+    n, oh, ow = tile_coords(pid // n_c_blocks, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
     co = (pid % n_c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     if IDX64:
         co = co.to(tl.int64)
     mask_c = co < C_out
     x_base = x_ptr + n * stride_xn + (co // MULT)[None, None, :] * stride_xc
     acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
-    if KH * KW <= MAX_UNROLL:  # small kernels: every tap unrolled, all loads in flight at once
-        for kh in tl.static_range(KH):
-            acc = _fwd_tap_row(acc, x_base, w_ptr, co, mask_c, oh, ow, kh, H, W, stride_xh,
-                               stride_xw, stride_wc, stride_wh, stride_ww, pad_h, pad_w,
-                               KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, ACC)
-    else:  # large kernels: a loop over rows keeps the code size bounded
-        for kh in range(KH):
-            acc = _fwd_tap_row(acc, x_base, w_ptr, co, mask_c, oh, ow, kh, H, W, stride_xh,
-                               stride_xw, stride_wc, stride_wh, stride_ww, pad_h, pad_w,
-                               KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, ACC)
+    ROW_UNROLL: tl.constexpr = KH if KH * KW <= MAX_UNROLL else 1
+    for kh in tl.range(0, KH, loop_unroll_factor=ROW_UNROLL):
+        acc = _fwd_tap_row(acc, x_base, w_ptr, co, mask_c, oh, ow, kh, H, W, stride_xh,
+                           stride_xw, stride_wc, stride_wh, stride_ww, pad_h, pad_w,
+                           KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, ACC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=mask_c, other=0.0).to(ACC)[None, None, :]
     mask = (oh < OH)[:, None, None] & (ow < OW)[None, :, None] & mask_c[None, None, :]
@@ -157,25 +137,20 @@ def depthwise_bwd_input_kernel(
     Grid: (N * n_tiles_h * n_tiles_w * n_c_blocks,), tiles over the input (ih, iw, ci).
     """
     pid = tl.program_id(0)
-    n, ih, iw = _tile_coords(pid // n_c_blocks, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+    n, ih, iw = tile_coords(pid // n_c_blocks, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
     ci = (pid % n_c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     if IDX64:
         ci = ci.to(tl.int64)
     mask_c = ci < C_in
     dy_base = dy_ptr + n * stride_dyn
     acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
-    if KH * KW <= MAX_UNROLL:
-        for kh in tl.static_range(KH):
-            acc = _bwd_input_tap_row(acc, dy_base, w_ptr, ci, mask_c, ih, iw, kh, OH, OW,
-                                     stride_dyc, stride_dyh, stride_dyw, stride_wc, stride_wh,
-                                     stride_ww, pad_h, pad_w, KW, STRIDE_H, STRIDE_W, DIL_H,
-                                     DIL_W, MULT, ACC)
-    else:
-        for kh in range(KH):
-            acc = _bwd_input_tap_row(acc, dy_base, w_ptr, ci, mask_c, ih, iw, kh, OH, OW,
-                                     stride_dyc, stride_dyh, stride_dyw, stride_wc, stride_wh,
-                                     stride_ww, pad_h, pad_w, KW, STRIDE_H, STRIDE_W, DIL_H,
-                                     DIL_W, MULT, ACC)
+    # the gather keeps more live per tap than the forward (a 5x5 fp32 tile spills unrolled)
+    ROW_UNROLL: tl.constexpr = KH if KH * KW * MULT <= MAX_UNROLL // 2 else 1
+    for kh in tl.range(0, KH, loop_unroll_factor=ROW_UNROLL):
+        acc = _bwd_input_tap_row(acc, dy_base, w_ptr, ci, mask_c, ih, iw, kh, OH, OW,
+                                 stride_dyc, stride_dyh, stride_dyw, stride_wc, stride_wh,
+                                 stride_ww, pad_h, pad_w, KW, STRIDE_H, STRIDE_W, DIL_H,
+                                 DIL_W, MULT, ACC)
     mask = (ih < H)[:, None, None] & (iw < W)[None, :, None] & mask_c[None, None, :]
     dx_ptrs = (dx_ptr + n * stride_dxn + ih[:, None, None] * stride_dxh
                + iw[None, :, None] * stride_dxw + ci[None, None, :] * stride_dxc)
@@ -203,20 +178,19 @@ def depthwise_bwd_weight_kernel(
     dw[co, 0, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, co // MULT, ih, iw]
     db[co]            = sum_{n, oh, ow} dy[n, co, oh, ow]
 
-    Program (s, c) sums the output tiles [s*tiles_per_split, (s+1)*tiles_per_split) for BLOCK_C
+    Program (c, s) sums the output tiles [s*tiles_per_split, (s+1)*tiles_per_split) for BLOCK_C
     channels and all taps. ATOMIC: fp32 atomic adds into split row 0 (fast, order varies run to
-    run). Otherwise each split stores its own row and the finalize kernel sums the rows in a
-    fixed order (``reduce.splitk_reduce_kernel``, bit-identical run to run).
+    run). Otherwise each split stores its own row and ``reduce.splitk_reduce_kernel`` sums the
+    rows in a fixed order (bit-identical run to run).
     Grid: (cdiv(C_out, BLOCK_C), n_splits) (n_splits <= 65535 by construction).
     """
     pid_s = tl.program_id(1)
     co = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = co < C_out
     ci = co // MULT
-    if IDX64:
-        ci = ci.to(tl.int64)
     co_y = co
     if IDX64:
+        ci = ci.to(tl.int64)
         co_y = co.to(tl.int64)
     t_start = pid_s * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, total_tiles)
@@ -229,7 +203,7 @@ def depthwise_bwd_weight_kernel(
         for kw in tl.static_range(KW):
             acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
             for t in range(t_start, t_end):
-                n, oh, ow = _tile_coords(t, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+                n, oh, ow = tile_coords(t, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
                 mask_o = (oh < OH)[:, None, None] & (ow < OW)[None, :, None] & mask_c[None, None, :]
                 dyv = tl.load(dy_ptr + n * stride_dyn + oh[:, None, None] * stride_dyh
                               + ow[None, :, None] * stride_dyw + co_y[None, None, :] * stride_dyc,
@@ -243,22 +217,14 @@ def depthwise_bwd_weight_kernel(
                              mask=mask, other=0.0).to(ACC)
                 acc += dyv * xv
             part = tl.sum(tl.sum(acc, axis=1), axis=0)
-            ptrs = part_base + (kh * KW + kw) * C_out + co
-            if ATOMIC:
-                tl.atomic_add(ptrs, part, mask=mask_c)
-            else:
-                tl.store(ptrs, part, mask=mask_c)
+            store_partial(part_base + (kh * KW + kw) * C_out + co, part, mask_c, ATOMIC)
     if HAS_BIAS:
         acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=ACC)
         for t in range(t_start, t_end):
-            n, oh, ow = _tile_coords(t, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
+            n, oh, ow = tile_coords(t, n_tiles_h, n_tiles_w, BLOCK_H, BLOCK_W, IDX64)
             mask_o = (oh < OH)[:, None, None] & (ow < OW)[None, :, None] & mask_c[None, None, :]
             acc += tl.load(dy_ptr + n * stride_dyn + oh[:, None, None] * stride_dyh
                            + ow[None, :, None] * stride_dyw + co_y[None, None, :] * stride_dyc,
                            mask=mask_o, other=0.0).to(ACC)
         part = tl.sum(tl.sum(acc, axis=1), axis=0)
-        ptrs = part_base + (KH * KW) * C_out + co
-        if ATOMIC:
-            tl.atomic_add(ptrs, part, mask=mask_c)
-        else:
-            tl.store(ptrs, part, mask=mask_c)
+        store_partial(part_base + (KH * KW) * C_out + co, part, mask_c, ATOMIC)

@@ -2,8 +2,7 @@
 import triton
 import triton.language as tl
 
-from triton_dsd.kernels.depthwise import MAX_UNROLL
-from triton_dsd.kernels.pointwise import _dot, _output_tile, _store_output
+from triton_dsd.kernels._common import dot_acc, output_tile, store_output
 
 
 @triton.jit
@@ -29,9 +28,9 @@ def _dw_tile_row(z, x_base, wd_ptr, ci, kk, mask_k, oh, ow, mask_p, kh, H, W, st
 def dsd_fwd_kernel(
     x_ptr,  # input x (N, C, H, W), any strides
     wd_ptr,  # depthwise weight (C*MULT, 1, KH, KW), any strides
-    bd_ptr,  # depthwise bias (C*MULT,), contiguous; read only when HAS_DW_BIAS
+    bd_ptr,  # depthwise bias (C*MULT,), contiguous; None when HAS_DW_BIAS is False
     wp_ptr,  # pointwise weight as (M, C*MULT) by strides
-    bp_ptr,  # pointwise bias (M,), contiguous; read only when HAS_PW_BIAS
+    bp_ptr,  # pointwise bias (M,), contiguous; None when HAS_PW_BIAS is False
     y_ptr,  # output y (N, M, OH, OW); its pixels flatten (stride_yp)
     CM, M, H, W, OH, OW, n_p_blocks, n_m_blocks,
     stride_xn, stride_xc, stride_xh, stride_xw,
@@ -50,11 +49,11 @@ def dsd_fwd_kernel(
     z[n, k, oh, ow] = sum_{kh, kw} x[n, k // MULT, oh*S_H - pad_h + kh*D_H, ow*S_W - pad_w + kw*D_W] * wd[k, kh, kw] + bd[k].
 
     A program owns [BLOCK_P pixels x BLOCK_M outputs]. For each BLOCK_K chunk of the C*MULT
-    depthwise channels it computes the z tile in registers (fp32), rounds it to the input dtype
+    depthwise channels it computes the z tile in registers (ACC), rounds it to the input dtype
     (as the unfused pair would store it) and feeds it straight into tl.dot: z never touches
     global memory. Grid: (N * n_p_blocks * n_m_blocks,), M blocks of one pixel block adjacent.
     """
-    n, p, m = _output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
+    n, p, m = output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
     mask_p = p < OH * OW
     mask_m = m < M
     oh = p // OW
@@ -68,22 +67,17 @@ def dsd_fwd_kernel(
         mask_k = kk < CM
         ci = kk // MULT
         z = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC)
-        if KH * KW <= MAX_UNROLL:
-            for kh in tl.static_range(KH):
-                z = _dw_tile_row(z, x_base, wd_ptr, ci, kk, mask_k, oh, ow, mask_p, kh, H, W,
-                                 stride_xc, stride_xh, stride_xw, stride_wdc, stride_wdh,
-                                 stride_wdw, pad_h, pad_w, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                                 ACC)
-        else:
-            for kh in range(KH):
-                z = _dw_tile_row(z, x_base, wd_ptr, ci, kk, mask_k, oh, ow, mask_p, kh, H, W,
-                                 stride_xc, stride_xh, stride_xw, stride_wdc, stride_wdh,
-                                 stride_wdw, pad_h, pad_w, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                                 ACC)
+        # a loop over kernel rows (each row's KW taps unrolled): unrolling every tap keeps
+        # too many loads live beside the GEMM accumulator, and spills
+        for kh in range(KH):
+            z = _dw_tile_row(z, x_base, wd_ptr, ci, kk, mask_k, oh, ow, mask_p, kh, H, W,
+                             stride_xc, stride_xh, stride_xw, stride_wdc, stride_wdh,
+                             stride_wdw, pad_h, pad_w, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                             ACC)
         if HAS_DW_BIAS:
             z += tl.load(bd_ptr + kk, mask=mask_k, other=0.0).to(ACC)[None, :]
         wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + m[None, :] * stride_wpm,
                      mask=mask_k[:, None] & mask_m[None, :], other=0.0)
-        acc = _dot(z.to(wp_ptr.dtype.element_ty), wp, acc, ALLOW_TF32)
-    _store_output(acc, bp_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
-                  HAS_PW_BIAS, ACC)
+        acc = dot_acc(z.to(wp_ptr.dtype.element_ty), wp, acc, ALLOW_TF32, ACC)
+    store_output(acc, bp_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
+                 HAS_PW_BIAS, ACC)

@@ -5,64 +5,21 @@ strides; w is an (M, K) matrix addressed by strides (a (M, K, 1, 1) conv weight,
 transpose for the input gradient). channels_last maps give [P, K] x [K, M]; NCHW maps give the
 same product with the pixel axis contiguous; Triton lays the tiles out for either. fp16/bf16
 operands go to the tensor cores (HMMA / HGMMA) with an fp32 accumulator; fp32 operands use TF32
-when ALLOW_TF32 (torch.backends.cuda.matmul.allow_tf32), IEEE fp32 otherwise.
+when ALLOW_TF32 (the launcher follows torch.backends.cudnn.allow_tf32), IEEE fp32 otherwise;
+fp64 accumulates in fp64.
 """
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _dot(a, b, acc, ALLOW_TF32: tl.constexpr):
-    """acc += a @ b, TF32 only where allowed (it matters only for fp32 operands)."""
-    if ALLOW_TF32:
-        return tl.dot(a, b, acc, input_precision="tf32")
-    else:
-        return tl.dot(a, b, acc, input_precision="ieee")
-
-
-@triton.jit
-def _pixel_offsets(p, W_PIX, stride_h, stride_w, PIX_2D: tl.constexpr):
-    """Element offsets of flat pixel indices p: p*stride_w, or (p // W)*stride_h + (p % W)*stride_w
-    for views whose (H, W) axes cannot be flattened into one stride."""
-    if PIX_2D:
-        return (p // W_PIX) * stride_h + (p % W_PIX) * stride_w
-    else:
-        return p * stride_w
-
-
-@triton.jit
-def _output_tile(n_p_blocks, n_m_blocks, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
-                 IDX64: tl.constexpr):
-    """(n, pixel vector p, output-channel vector m) of this program in a flat GEMM grid
-    (N * n_p_blocks * n_m_blocks,) whose M blocks of one pixel block are adjacent (x reuse)."""
-    pid = tl.program_id(0)
-    pid_m = pid % n_m_blocks
-    rest = pid // n_m_blocks
-    pid_p = rest % n_p_blocks
-    n = tl.cast(rest // n_p_blocks, tl.int64)
-    if IDX64:  # widen before multiplying: a batch-folded pixel index can pass 2^31
-        pid_p = tl.cast(pid_p, tl.int64)
-        pid_m = tl.cast(pid_m, tl.int64)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    return n, p, m
-
-
-@triton.jit
-def _store_output(acc, b_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
-                  HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
-    """y[n, m, p] = acc[p, m] (+ b[m]), cast to y's dtype."""
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + m, mask=mask_m, other=0.0).to(ACC)[None, :]
-    y_ptrs = y_ptr + n * stride_yn + p[:, None] * stride_yp + m[None, :] * stride_ym
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_m[None, :])
+from triton_dsd.kernels._common import (dot_acc, output_tile, pixel_offsets, store_output,
+                                        store_partial)
 
 
 @triton.jit
 def pointwise_fwd_kernel(
-    x_ptr,  # input x (N, K, P) by strides (pixels through _pixel_offsets)
+    x_ptr,  # input x (N, K, P) by strides (pixels through pixel_offsets)
     w_ptr,  # weight w (M, K) by strides
-    b_ptr,  # bias (M,), contiguous; read only when HAS_BIAS
+    b_ptr,  # bias (M,), contiguous; None when HAS_BIAS is False
     y_ptr,  # output y (N, M, P) by strides; its pixels always flatten (stride_yp)
     K, M, P, W_PIX, n_p_blocks, n_m_blocks,
     stride_xn, stride_xk, stride_xh, stride_xw,
@@ -78,10 +35,10 @@ def pointwise_fwd_kernel(
     this kernel with x = dy and w = W^T (strides swapped). Grid: (N * n_p_blocks * n_m_blocks,),
     the M blocks of one pixel block adjacent so its x tile is reused from L2.
     """
-    n, p, m = _output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
+    n, p, m = output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
     mask_p = p < P
     mask_m = m < M
-    x_rows = x_ptr + n * stride_xn + _pixel_offsets(p, W_PIX, stride_xh, stride_xw, PIX_2D)
+    x_rows = x_ptr + n * stride_xn + pixel_offsets(p, W_PIX, stride_xh, stride_xw, PIX_2D)
     acc = tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -92,17 +49,17 @@ def pointwise_fwd_kernel(
                     mask=mask_p[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(w_ptr + k[:, None] * stride_wk + m[None, :] * stride_wm,
                     mask=mask_k[:, None] & mask_m[None, :], other=0.0)
-        acc = _dot(a, b, acc, ALLOW_TF32)
-    _store_output(acc, b_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
-                  HAS_BIAS, ACC)
+        acc = dot_acc(a, b, acc, ALLOW_TF32, ACC)
+    store_output(acc, b_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
+                 HAS_BIAS, ACC)
 
 
 @triton.jit
 def pointwise_bwd_weight_kernel(
-    x_ptr,  # layer input x (N, K, P) by strides (pixels through _pixel_offsets)
+    x_ptr,  # layer input x (N, K, P) by strides (pixels through pixel_offsets)
     dy_ptr,  # output gradient dy (N, M, P) by strides; its pixels flatten (stride_dyp)
     pw_part_ptr,  # dW partial sums (n_splits, M, K), contiguous, ACC dtype
-    pb_part_ptr,  # db partial sums (n_splits, M), contiguous, ACC dtype; used when HAS_BIAS
+    pb_part_ptr,  # db partial sums (n_splits, M), contiguous, ACC dtype; None unless HAS_BIAS
     K, M, P, W_PIX, n_p_blocks, total_blocks, blocks_per_split, n_k_blocks,
     stride_xn, stride_xk, stride_xh, stride_xw,
     stride_dyn, stride_dym, stride_dyp,
@@ -114,7 +71,7 @@ def pointwise_bwd_weight_kernel(
 
     dW[m, k] = sum_{n, p} dy[n, m, p] * x[n, k, p]        db[m] = sum_{n, p} dy[n, m, p]
 
-    Program (s, (m, k)) sums pixel blocks [s*blocks_per_split, (s+1)*blocks_per_split) of the
+    Program ((m, k), s) sums pixel blocks [s*blocks_per_split, (s+1)*blocks_per_split) of the
     flat (n, pixel block) space. ATOMIC: atomic adds into split row 0; otherwise each split
     stores its own row, finished by ``reduce.splitk_reduce_kernel`` in a fixed order. The
     k-block-0 programs also sum db. Grid: (n_m_blocks * n_k_blocks, n_splits).
@@ -143,10 +100,10 @@ def pointwise_bwd_weight_kernel(
         mask_p = p < P
         dy = tl.load(dy_ptr + n * stride_dyn + m[:, None] * stride_dym + p[None, :] * stride_dyp,
                      mask=mask_m[:, None] & mask_p[None, :], other=0.0)
-        xo = _pixel_offsets(p, W_PIX, stride_xh, stride_xw, PIX_2D)
+        xo = pixel_offsets(p, W_PIX, stride_xh, stride_xw, PIX_2D)
         xv = tl.load(x_ptr + n * stride_xn + xo[:, None] + k[None, :] * stride_xk,
                      mask=mask_p[:, None] & mask_k[None, :], other=0.0)
-        acc = _dot(dy, xv, acc, ALLOW_TF32)
+        acc = dot_acc(dy, xv, acc, ALLOW_TF32, ACC)
         if HAS_BIAS:
             acc_b += tl.sum(dy.to(ACC), axis=1)
     if ATOMIC:
@@ -154,15 +111,7 @@ def pointwise_bwd_weight_kernel(
     else:
         row = pid_s
     w_ptrs = pw_part_ptr + tl.cast(row, tl.int64) * M * K + m[:, None] * K + k[None, :]
-    w_mask = mask_m[:, None] & mask_k[None, :]
-    if ATOMIC:
-        tl.atomic_add(w_ptrs, acc, mask=w_mask)
-    else:
-        tl.store(w_ptrs, acc, mask=w_mask)
+    store_partial(w_ptrs, acc, mask_m[:, None] & mask_k[None, :], ATOMIC)
     if HAS_BIAS:
         if pid_k == 0:
-            b_ptrs = pb_part_ptr + tl.cast(row, tl.int64) * M + m
-            if ATOMIC:
-                tl.atomic_add(b_ptrs, acc_b, mask=mask_m)
-            else:
-                tl.store(b_ptrs, acc_b, mask=mask_m)
+            store_partial(pb_part_ptr + tl.cast(row, tl.int64) * M + m, acc_b, mask_m, ATOMIC)

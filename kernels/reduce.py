@@ -1,4 +1,4 @@
-"""Split-K reduction finish: sum per-split partial sums in a fixed order and cast."""
+"""Split-reduction finish: sum per-split partial sums in a fixed order and cast."""
 import triton
 import triton.language as tl
 

@@ -15,7 +15,8 @@ OUT=${1:-${OUT:-/tmp/triton_dsd_gpu_check}}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 export TRITON_DEFAULT_FP_FUSION=1 PYTHONUNBUFFERED=1
-PY=python3
+# the Python to use: $PY, else the active environment's python (never a hard-coded python3)
+PY=${PY:-$(command -v python || command -v python3)}
 T0=$(date +%s)
 BUDGET=${BUDGET:-470}  # seconds for all steps together
 
@@ -71,7 +72,6 @@ step() {  # step NAME LIMIT_S CMD...: run within the limit and the overall budge
 
 if [ $DRY = 1 ]; then
   echo "DRY RUN on $(hostname): tiny shapes under the Triton interpreter; timings mean nothing"
-  [ -x .venv/bin/python ] && . .venv/bin/activate
   export TRITON_INTERPRET=1
   step install 60 $PY -c "import triton_dsd.kernels.fused, triton_dsd.autotune_configs"
   step pytest 600 $PY -m pytest -q -p no:cacheprovider tests/test_models.py -k "article"
@@ -92,12 +92,12 @@ else
   G="--preset quick --K 3,7 --dilation 1,2 --C 64,128 --M 128 --csv $WORK/bench.csv --no-plot --fast"
   step bench 100 $PY -m triton_dsd.cli bench $G --op dsd --mode fwd,fwd+bwd \
        --provider triton_fused,triton_unfused,eager,eager_native,eager_cudnn
-  step checks 50 $PY -m triton_dsd.checks --out "$WORK"
+  step checks 50 $PY -m triton_dsd.reliability --out "$WORK"
   step bench_stages 35 $PY -m triton_dsd.cli bench $G --op depthwise,pointwise --mode fwd \
        --provider triton_unfused,eager
   step bench_compile 35 $PY -m triton_dsd.cli bench $G --op dsd --mode fwd --provider compile
 fi
-[ $DRY = 1 ] && step checks 120 $PY -m triton_dsd.checks --out "$WORK"
+[ $DRY = 1 ] && step checks 120 $PY -m triton_dsd.reliability --out "$WORK"
 step plot 25 $PY -m triton_dsd.cli plot --csv "$WORK/bench.csv" --out "$WORK/plots"
 summarize
 echo

@@ -1,30 +1,43 @@
 """Test setup: the Triton interpreter on CPU machines (set before the kernels are imported),
-poisoned outputs, and launch counting."""
+poisoned outputs, launch counting, the hypothesis seed, and the offline compile report (built
+once per test session)."""
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
-from triton_dsd import launch  # noqa: E402  (after TRITON_INTERPRET)
+from triton_dsd import _runtime, dispatch  # noqa: E402  (after TRITON_INTERPRET)
+from helpers import DEVICE, ENV_NO_INTERP  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":
     # exact fp32 everywhere in the tests (eager convs and our GEMMs both follow this flag);
     # TF32 numerics are covered where a test turns it on explicitly
     torch.backends.cudnn.allow_tf32 = False
 
+#: one seed per run for the property tests, printed in the header (and settable)
+HYPOTHESIS_SEED = int(os.environ.get("TRITON_DSD_HYPOTHESIS_SEED",
+                                     int.from_bytes(os.urandom(4), "little")))
+os.environ["TRITON_DSD_HYPOTHESIS_SEED"] = str(HYPOTHESIS_SEED)  # xdist workers share it
+
+
+def pytest_report_header(config):
+    return [f"triton_dsd: device {DEVICE}, interpreter {_runtime.INTERPRET}, hypothesis seed "
+            f"{HYPOTHESIS_SEED} (rerun with TRITON_DSD_HYPOTHESIS_SEED={HYPOTHESIS_SEED})"]
+
 
 @pytest.fixture(autouse=True)
 def _poison_and_count():
     """Every kernel output starts as NaN; each test starts with zero counted launches."""
-    launch.POISON = True
-    launch.LAUNCHES.clear()
+    _runtime.POISON = True
+    _runtime.LAUNCHES.clear()
     yield
-    launch.POISON = False
+    _runtime.POISON = False
 
 
 @pytest.fixture
@@ -34,25 +47,42 @@ def device():
 
 @pytest.fixture
 def launch_log(monkeypatch):
-    """Records (kernel name, constexpr/config kwargs) of every launch, and still launches."""
+    """Records (kernel name, constexpr/config kwargs, grid) of every launch, and still launches."""
     log = []
-    real = launch._launch
+    real = _runtime.launch
 
     def spy(kernel, grid, *args, **kwargs):
         log.append((kernel.fn.__name__, dict(kwargs), grid))
         return real(kernel, grid, *args, **kwargs)
 
-    monkeypatch.setattr(launch, "_launch", spy)
+    monkeypatch.setattr(_runtime, "launch", spy)
     return log
 
 
-def ran(*names: str) -> bool:
-    """True if each named kernel launched at least once since the test began."""
-    return all(launch.LAUNCHES[n] > 0 for n in names)
+@pytest.fixture
+def fresh_dispatch():
+    """Forget memoised configs and issued warnings before and after the test."""
+    dispatch.reset()
+    yield
+    dispatch.reset()
 
 
-def same_format(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Both tensors are dense in the same memory format(s) (ambiguous shapes, such as 1x1 maps,
-    are dense in both and match either)."""
-    fmt = lambda t: (t.is_contiguous(), t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))  # noqa: E731
-    return fmt(a) == fmt(b)
+@pytest.fixture(scope="session")
+def compile_report(tmp_path_factory):
+    """The rows of `triton-dsd inspect --json`: read from $TRITON_DSD_INSPECT_JSON (written by
+    scripts/test.sh, which runs the report once before the suite), else built once and shared
+    by the xdist workers through a locked file."""
+    given = os.environ.get("TRITON_DSD_INSPECT_JSON")
+    if given and os.path.exists(given):
+        with open(given) as f:
+            return json.load(f)
+    import fcntl
+    shared = tmp_path_factory.getbasetemp().parent / "inspect.json"
+    with open(str(shared) + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not shared.exists():
+            out = subprocess.run([sys.executable, "-m", "triton_dsd.cli", "inspect", "--json"],
+                                 env=ENV_NO_INTERP, capture_output=True, text=True, timeout=900)
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            shared.write_text(out.stdout)
+        return json.loads(shared.read_text())

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import triton_dsd
-from triton_dsd import launch
+from triton_dsd import _runtime
 
 X2 = lambda: torch.randn(1, 3, 8, 8)  # noqa: E731
 W2 = lambda: torch.randn(3, 1, 3, 3)  # noqa: E731
@@ -26,7 +26,9 @@ def DSD2(dw=None, db=None, pw=None, pb=None):
 CASES = [
     # (call, error type, words the message must contain)
     ("x not a tensor", lambda: d2([[1.0]], W2()), TypeError, "`x`"),
-    ("x rank 3 for 2D", lambda: d2(X1(), W2()), ValueError, "`x`"),
+    ("x rank 2 for 2D", lambda: d2(torch.randn(3, 8), W2()), ValueError, "`x`"),
+    ("x rank 5 for 2D", lambda: d2(torch.randn(1, 3, 8, 8, 1), W2()), ValueError, "`x`"),
+    ("unbatched x channels", lambda: d2(torch.randn(4, 8, 8), W2()), ValueError, "`weight`"),
     ("x rank 4 for 1D", lambda: d1(X2(), W1()), ValueError, "`x`"),
     ("integer x", lambda: d2(X2().long(), W2()), TypeError, "`x`"),
     ("bool x", lambda: d2(X2() > 0, W2()), TypeError, "`x`"),
@@ -96,6 +98,11 @@ CASES = [
     ("layer same with stride 2", lambda: triton_dsd.DepthwiseConv2d(4, 4, 3, stride=2, padding="same"), ValueError, "padding"),
     ("layer forward wrong channels", lambda: triton_dsd.DepthwiseConv2d(4, 4, 3)(X2()), ValueError, "in_channels=4"),
     ("layer forward wrong rank", lambda: triton_dsd.DepthwiseConv1d(3, 3, 3)(X2()), ValueError, "`x`"),
+    ("layer forward rank 1", lambda: triton_dsd.DepthwiseConv1d(3, 3, 3)(torch.randn(16)), ValueError, "`x`"),
+    ("dsd without pw_weight", lambda: triton_dsd.dsd_conv2d(X2(), W2()), TypeError, "`pw_weight`"),
+    ("eager class fused=", lambda: triton_dsd.EagerDepthwiseSeparableDilatedConv2d(3, 4, 3, fused=True), TypeError, "fused"),
+    ("pointwise layer k3", lambda: triton_dsd.PointwiseConv2d(3, 4, 3), ValueError, "`kernel_size`"),
+    ("depthwise layer groups 1", lambda: triton_dsd.DepthwiseConv2d(3, 3, 3, 1, 1, 1, 1), ValueError, "`groups`"),
     ("layer forward wrong dtype", lambda: triton_dsd.DepthwiseConv2d(3, 3, 3)(X2().double()), TypeError, "`weight`"),
 ]
 
@@ -105,4 +112,4 @@ def test_bad_input(call, exc, words):
     with pytest.raises(exc) as info:
         call()
     assert words in str(info.value), str(info.value)
-    assert sum(launch.LAUNCHES.values()) == 0, "a kernel launched on bad input"
+    assert sum(_runtime.LAUNCHES.values()) == 0, "a kernel launched on bad input"

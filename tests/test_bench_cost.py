@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from triton_dsd import bench, cost, plots
-from conftest import DEVICE
+from helpers import DEVICE, ENV_NO_INTERP, run_cli
 
 
 def test_cost_article_example_same_padding():
@@ -51,55 +51,89 @@ def test_roofline_floor_by_hand():
         cost.device_for("Tesla K80")
 
 
-#: subprocesses interpret only where the tests do (on a GPU they run natively)
-INTERP = {"TRITON_INTERPRET": "1"} if DEVICE == "cpu" else {}
 
 
-def _cli(*argv, env=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "triton_dsd.cli", *argv], capture_output=True,
-                          text=True, env=e, timeout=900)
+def test_cost_cli(capsys):
+    code, out, err = run_cli(capsys, "cost", "--N", "1", "--C", "3", "--M", "2", "--H", "5",
+                           "--W", "5", "--K", "3", "--dilation", "2", "--dtype", "float32")
+    assert code == 0, err
+    assert "depthwise           30" in out and "roofline floor on H200" in out
+    code, out, _ = run_cli(capsys, "cost", "--bandwidth", "1000", "--flops", "100")
+    assert code == 0 and "custom" in out and "1.00 TB/s" in out
 
 
-def test_cost_cli():
-    out = _cli("cost", "--N", "1", "--C", "3", "--M", "2", "--H", "5", "--W", "5", "--K", "3",
-               "--dilation", "2", "--dtype", "float32")
-    assert out.returncode == 0, out.stderr
-    assert "depthwise           30" in out.stdout and "roofline floor on H200" in out.stdout
-    out = _cli("cost", "--bandwidth", "1000", "--flops", "100")
-    assert out.returncode == 0 and "custom" in out.stdout
-    bad = _cli("cost", "--device", "K80")
-    assert bad.returncode == 2 and "no datasheet peaks" in bad.stderr
+@pytest.mark.parametrize("argv,words", [
+    (["--device", "K80"], "no datasheet peaks"),
+    (["--bandwidth", "-5", "--flops", "100"], "positive number"),
+    (["--bandwidth", "0", "--flops", "100"], "positive number"),
+    (["--bandwidth", "1000"], "give both"),
+    (["--flops", "nan", "--bandwidth", "1"], "positive number"),
+    (["--padding", "foo"], "'same', 'valid' or an integer"),
+    (["--padding", "-1"], "'same', 'valid' or an integer"),
+    (["--H", "4", "--W", "4", "--K", "3", "--dilation", "3", "--padding", "valid"],
+     "the output would be empty"),
+], ids=["unknown-device", "negative-bandwidth", "zero-bandwidth", "half-custom", "nan-flops",
+        "padding-foo", "padding-negative", "input-smaller-than-kernel"])
+def test_cost_cli_refuses_bad_values_in_one_line(argv, words, capsys):
+    code, out, err = run_cli(capsys, "cost", *argv)
+    assert code == 2, out + err
+    assert words in err and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1, err
 
 
 def test_bench_without_gpu_says_so_and_exits_0():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-m", "triton_dsd.cli", "bench"], capture_output=True,
-                         text=True, env=env, timeout=300)
+                         text=True, env=ENV_NO_INTERP, timeout=300)
     if "no CUDA GPU" not in out.stdout:
         pytest.skip("a GPU is present")
     assert out.returncode == 0
 
 
-def test_bench_interpret_pipeline_csv_and_figures(tmp_path):
-    out = _cli("bench", "--interpret", "--preset", "ci", "--dim", "2", "--out-dir", str(tmp_path),
-               "--op", "dsd,depthwise", "--mode", "fwd,fwd+bwd",
-               "--provider", "triton_fused,triton_unfused,eager,eager_native", env=INTERP)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+def test_bench_interpret_pipeline_csv_and_figures(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "bench", "--interpret", "--preset", "ci", "--out-dir",
+                           str(tmp_path), "--op", "dsd,depthwise", "--mode", "fwd,fwd+bwd",
+                           "--provider", "triton_fused,triton_unfused,eager,eager_native")
+    assert code == 0, out[-2000:] + err[-2000:]
     rows = bench.read_csv(str(tmp_path / "bench.csv"))
     provs = {r["provider"] for r in rows}
-    assert provs == {"triton_fused", "triton_unfused", "eager", "eager_native"}
+    expected = {"triton_fused", "triton_unfused", "eager"} | (
+        {"eager_native"} if DEVICE == "cuda" else set())  # cuDNN on/off means nothing on a CPU
+    assert provs == expected
     assert all(float(r["ms_p50"]) > 0 for r in rows)
-    assert "vs eager" in out.stdout  # the printed summary
+    assert {r["dim"] for r in rows} == {"1", "2"}
+    assert "vs eager" in out  # the printed summary
     pngs = sorted(p for p in os.listdir(tmp_path) if p.endswith(".png"))
     gpu = plots._slug(rows[0]["gpu_name"])
-    assert f"{gpu}_dsd_fwd_float32_cl_vs_dilation.png" in pngs, pngs
+    for dim in (1, 2):  # the 1D half of the preset gets its own figures
+        assert f"{gpu}_dsd_fwd_{dim}d_float32_cl_vs_dilation.png" in pngs, pngs
     # appending the same sweep again replaces rows, never duplicates them
-    again = _cli("bench", "--interpret", "--preset", "ci", "--dim", "2", "--out-dir", str(tmp_path),
-                 "--op", "dsd", "--mode", "fwd", "--provider", "eager", "--no-plot", env=INTERP)
-    assert again.returncode == 0
+    code, _, _ = run_cli(capsys, "bench", "--interpret", "--preset", "ci", "--out-dir",
+                       str(tmp_path), "--op", "dsd", "--mode", "fwd", "--provider", "eager",
+                       "--no-plot")
+    assert code == 0
     assert len(bench.read_csv(str(tmp_path / "bench.csv"))) == len(rows)
+
+
+def test_bench_rows_of_two_depth_multipliers_are_both_kept(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "bench", "--interpret", "--preset", "ci", "--dim", "2",
+                           "--dilation", "1", "--m", "1,2", "--op", "dsd", "--provider", "eager",
+                           "--csv", str(tmp_path / "b.csv"), "--no-plot")
+    assert code == 0, err
+    rows = bench.read_csv(str(tmp_path / "b.csv"))
+    assert sorted(r["m"] for r in rows) == ["1", "2"]
+    assert "wrote 2 rows (2 in the file)" in out
+
+
+def test_cpu_bench_has_no_cudnn_providers(tmp_path, capsys):
+    if DEVICE == "cuda":
+        pytest.skip("on a GPU cuDNN on/off are real providers")
+    code, out, _ = run_cli(capsys, "bench", "--interpret", "--preset", "ci", "--dim", "1",
+                         "--dilation", "1", "--op", "depthwise", "--csv",
+                         str(tmp_path / "b.csv"), "--no-plot")
+    assert code == 0
+    assert "eager_cudnn, eager_native measure cuDNN on/off" in out
+    provs = {r["provider"] for r in bench.read_csv(str(tmp_path / "b.csv"))}
+    assert not provs & {"eager_cudnn", "eager_native"}, provs
 
 
 @pytest.mark.parametrize("argv,words", [
@@ -109,23 +143,38 @@ def test_bench_interpret_pipeline_csv_and_figures(tmp_path):
     (["bench", "--interpret", "--bogus"], "unrecognized arguments"),
     (["plot"], "give --csv"),
     (["plot", "--csv", "/nonexistent.csv"], "no such CSV"),
+    (["inspect", "--arch", "75"], "unsupported arch"),
 ])
-def test_bench_and_plot_usage_errors(argv, words):
-    out = _cli(*argv, env=INTERP)
-    assert out.returncode == 2 and words in out.stderr, out.stderr[-1500:]
+def test_bench_and_plot_usage_errors(argv, words, capsys):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and words in err, err[-1500:]
 
 
-def test_csv_from_another_schema_is_refused(tmp_path):
+def test_plot_into_an_unwritable_folder_is_one_line(tmp_path, capsys):
+    rows = [dict({c: "" for c in bench.COLUMNS}, op="dsd", mode="fwd", provider=p, dtype="float32",
+                 layout="cl", dim=2, N=1, C=4, m=1, M=8, H=5, W=6, K=k, dilation=1, stride=1,
+                 ms_p50=1.0, ms_p20=1.0, ms_p80=1.0, gb_s=1.0, tflop_s=1.0, gpu_name="x")
+            for p in ("eager", "triton_fused") for k in (1, 3)]
+    bench.append_csv(str(tmp_path / "b.csv"), rows)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = run_cli(capsys, "plot", "--csv", str(tmp_path / "b.csv"), "--out",
+                         str(blocker / "plots"))
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "triton-dsd plot: error" in err
+
+
+def test_csv_from_another_schema_is_refused(tmp_path, capsys):
     path = tmp_path / "other.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "time"])
         w.writerow(["x", "1"])
-    out = _cli("plot", "--csv", str(path), "--out", str(tmp_path))
-    assert out.returncode == 2 and "missing columns" in out.stderr
+    code, _, err = run_cli(capsys, "plot", "--csv", str(path), "--out", str(tmp_path))
+    assert code == 2 and "missing columns" in err
     before = path.read_text()
-    out = _cli("bench", "--interpret", "--preset", "ci", "--csv", str(path), env=INTERP)
-    assert out.returncode == 2 and "not a triton_dsd benchmark CSV" in out.stderr
+    code, _, err = run_cli(capsys, "bench", "--interpret", "--preset", "ci", "--csv", str(path))
+    assert code == 2 and "not a triton_dsd benchmark CSV" in err
     assert path.read_text() == before  # nothing half-written
 
 
@@ -134,14 +183,59 @@ def test_cost_model_figure(tmp_path):
     assert os.path.basename(path).startswith("cost_model") and os.path.getsize(path) > 10_000
 
 
+def test_csv_and_figures_follow_the_umask(tmp_path):
+    """Outputs get the permissions any new file gets (0666 & ~umask), not mkstemp's 0600."""
+    old = os.umask(0o022)
+    try:
+        png = plots.cost_model_figure(str(tmp_path))
+        csv_path = str(tmp_path / "b.csv")
+        bench.append_csv(csv_path, [])
+    finally:
+        os.umask(old)
+    for path in (png, csv_path):
+        assert os.stat(path).st_mode & 0o777 == 0o644, path
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="the dry run is the CPU stand-in for the GPU run")
 def test_gpu_script_dry_run(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # PY: this interpreter (a fresh checkout's `python3` need not be the venv's)
     out = subprocess.run(["bash", os.path.join(root, "scripts", "gpu_check.sh"), "--dry-run",
-                          str(tmp_path)], capture_output=True, text=True, timeout=1200, cwd=root)
+                          str(tmp_path)], capture_output=True, text=True, timeout=1200, cwd=root,
+                         env=dict(os.environ, PY=sys.executable))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = (tmp_path / "summary.txt").read_text()
     for step in ("install", "pytest", "tune", "bench", "plot", "checks"):
         assert f"{step} rc=0" in summary, summary
     assert "check ok: True" in summary and "vs eager" in summary
     assert (tmp_path / "results.tar.gz").exists()
+
+
+def test_a_csv_with_a_malformed_row_is_one_line_usage_error(tmp_path, capsys):
+    rows = [dict({c: "" for c in bench.COLUMNS}, op="dsd", mode="fwd", provider="eager",
+                 dtype="float32", layout="cl", dim=2, N=1, C=4, m=1, M=8, H=5, W=6, K=3,
+                 dilation=1, stride=1, ms_p50=1.0, ms_p20=1.0, ms_p80=1.0, gb_s=1.0,
+                 tflop_s=1.0, gpu_name="x")]
+    bench.append_csv(str(tmp_path / "b.csv"), rows)
+    text = (tmp_path / "b.csv").read_text().replace(",4,1,8,", ",four,1,8,")
+    (tmp_path / "b.csv").write_text(text)
+    code, _, err = run_cli(capsys, "plot", "--csv", str(tmp_path / "b.csv"), "--out", str(tmp_path))
+    assert code == 2 and "column C is 'four'" in err and "Traceback" not in err, err
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00garbage")
+    code, _, err = run_cli(capsys, "plot", "--csv", str(tmp_path / "bin.csv"))
+    assert code == 2 and "not UTF-8" in err, err
+
+
+def test_a_failing_triton_provider_fails_the_bench(tmp_path, capsys, monkeypatch):
+    real = bench.make_case
+
+    def broken(op, provider, mode, p):
+        if provider == "triton_fused":
+            raise RuntimeError("a kernel bug")
+        return real(op, provider, mode, p)
+
+    monkeypatch.setattr(bench, "make_case", broken)
+    code, out, err = run_cli(capsys, "bench", "--interpret", "--preset", "ci", "--dim", "2",
+                             "--dilation", "1", "--provider", "triton_fused,eager", "--csv",
+                             str(tmp_path / "b.csv"), "--no-plot")
+    assert code == 1 and "FAILED dsd fwd triton_fused" in out and "a kernel bug" in err

@@ -5,7 +5,7 @@ from torch import nn
 
 import triton_dsd
 from triton_dsd.testing import assert_close
-from conftest import DEVICE, ran
+from helpers import DEVICE, ran
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -1,5 +1,6 @@
 """Pointwise stage and the whole separable layer (fused and unfused) against eager in float64:
 the output and all five gradients; the fused forward is one launch and keeps only x."""
+import contextlib
 import math
 
 import pytest
@@ -7,22 +8,16 @@ import torch
 import torch.nn.functional as F
 
 import triton_dsd
-from triton_dsd import launch
-from triton_dsd.testing import assert_close, magnitudes, reference
-from conftest import DEVICE, ran, same_format
-from pairwise import pairwise
-from test_depthwise import DTYPES, _layout, _id, _valid
-
-TF32 = DEVICE == "cuda"
+from triton_dsd import _runtime
+from triton_dsd.testing import assert_close, reference
+from helpers import (DEVICE, DTYPES, case_id, check_dsd, pairwise, permuted_program_order, ran,
+                     same_format, tf32_on, valid_geometry, with_layout)
 
 
-def _tf32(dtype):
-    return TF32 and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
-
-
+@pytest.mark.portable
 @pytest.mark.parametrize("case", pairwise(dict(
     C=[1, 5, 16, 40], M=[1, 7, 32, 70], dtype=DTYPES, layout=["nchw", "cl", "slice"],
-    bias=[True, False], dim=[1, 2], hw=[(3, 5), (1, 7), (4, 1)]), seed=5), ids=_id)
+    bias=[True, False], dim=[1, 2], hw=[(3, 5), (1, 7), (4, 1)]), seed=5), ids=case_id)
 def test_pointwise_grid(case):
     C, M, dtype, layout, bias, dim = (case[k] for k in ("C", "M", "dtype", "layout", "bias", "dim"))
     g = torch.Generator().manual_seed(C * 100 + M)
@@ -30,14 +25,14 @@ def test_pointwise_grid(case):
     x = torch.randn(2, C, *spatial, generator=g, dtype=torch.float64).to(dtype)
     w = torch.randn(M, C, *(1,) * dim, generator=g, dtype=torch.float64).to(dtype)
     b = torch.randn(M, generator=g, dtype=torch.float64).to(dtype) if bias else None
-    x = _layout(x.to(DEVICE), layout).requires_grad_()
+    x = with_layout(x.to(DEVICE), layout).requires_grad_()
     w = w.to(DEVICE).requires_grad_()
     b = b.to(DEVICE).requires_grad_() if bias else None
     fn = triton_dsd.pointwise_conv2d if dim == 2 else triton_dsd.pointwise_conv1d
     y = fn(x, w, b)
     xr, wr, br = reference(x), reference(w), reference(b)
     yr = (F.conv2d if dim == 2 else F.conv1d)(xr, wr, br)
-    tf = _tf32(dtype)
+    tf = tf32_on(dtype)
     assert_close(y, yr, dtype, C, "y", tf32=tf)
     if dim == 2:
         assert same_format(y, yr), (y.stride(), yr.stride())
@@ -50,58 +45,6 @@ def test_pointwise_grid(case):
     if bias:
         assert_close(b.grad, br.grad, dtype, pixels, "db")
     assert ran("pointwise_fwd_kernel", "pointwise_bwd_weight_kernel", "splitk_reduce_kernel")
-
-
-def _eager_dsd(x, wd, bd, wp, bp, stride, padding, dilation, dim, dtype):
-    conv = F.conv2d if dim == 2 else F.conv1d
-    if padding == "causal":
-        x = F.pad(x, (dilation * (wd.shape[-1] - 1), 0))
-        padding = 0
-    z = conv(x, wd, bd, stride, padding, dilation, groups=x.shape[1])
-    z = z.to(dtype).to(torch.float64)  # eager keeps z in the input dtype
-    return conv(z, wp, bp)
-
-
-def check_dsd(dim, dtype, layout, N, C, M, m, K, stride, padding, dilation, biases, extra, fused,
-              deterministic=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ks = K if isinstance(K, tuple) else (K,) * dim
-    spatial = [dilation * (k - 1) + 1 + e for k, e in zip(ks, extra)]
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
-    x = _layout(r(N, C, *spatial).to(DEVICE), layout).requires_grad_()
-    params = [r(C * m, 1, *ks), r(C * m) if biases[0] else None,
-              r(M, C * m, *(1,) * dim), r(M) if biases[1] else None]
-    params = [p.to(DEVICE).requires_grad_() if p is not None else None for p in params]
-    fn = triton_dsd.dsd_conv2d if dim == 2 else triton_dsd.dsd_conv1d
-    launch.LAUNCHES.clear()
-    y = fn(x, *params, stride, padding, dilation, fused=fused, deterministic=deterministic)
-    if fused:
-        assert dict(launch.LAUNCHES) == {"dsd_fwd_kernel": 1}, dict(launch.LAUNCHES)
-    else:
-        assert launch.LAUNCHES["depthwise_fwd_kernel"] == 1
-        assert launch.LAUNCHES["pointwise_fwd_kernel"] == 1
-    xr = reference(x)
-    pr = [reference(p) for p in params]
-    eager = lambda *a: _eager_dsd(*a, stride, padding, dilation, dim, dtype)  # noqa: E731
-    yr = eager(xr, *pr)
-    dy = torch.randn(yr.shape, generator=g, dtype=torch.float64).to(dtype)
-    ya, grads_a = magnitudes(eager, [xr, *pr], dy.double())
-    taps = math.prod(ks)
-    tf = _tf32(dtype)
-    assert_close(y, yr, dtype, C * m * taps, "y", tf32=tf, magnitude=ya)
-    if dim == 2:
-        assert same_format(y, yr), (y.stride(), yr.stride())
-    y.backward(dy.to(DEVICE))
-    yr.backward(dy.double())
-    pixels = N * math.prod(yr.shape[2:])
-    assert_close(x.grad, xr.grad, dtype, M * taps * m, "dx", tf32=tf, magnitude=grads_a[0])
-    for name, p, q, mag in zip(("dw_weight", "dw_bias", "pw_weight", "pw_bias"), params, pr,
-                               grads_a[1:]):
-        if p is not None:
-            assert_close(p.grad, q.grad, dtype, pixels * (M if name.startswith("dw") else 1),
-                         name, tf32=tf, magnitude=mag)
-    assert ran("depthwise_bwd_input_kernel", "depthwise_bwd_weight_kernel",
-               "pointwise_bwd_weight_kernel", "pointwise_fwd_kernel")
 
 
 DSD_GRID = pairwise(dict(
@@ -117,15 +60,16 @@ DSD_GRID = pairwise(dict(
     layout=["nchw", "cl", "slice"],
     biases=[(True, True), (False, True), (True, False)],
     fused=[True, False],
-), valid=_valid, seed=7)
+), valid=valid_geometry, seed=7)
 
 
-@pytest.mark.parametrize("case", DSD_GRID, ids=_id)
+@pytest.mark.parametrize("case", DSD_GRID, ids=case_id)
 def test_dsd_grid(case):
     extra = (1, 4) if case["dim"] == 2 else (5,)
-    check_dsd(N=2, extra=extra, seed=len(_id(case)), **case)
+    check_dsd(N=2, extra=extra, seed=len(case_id(case)), **case)
 
 
+@pytest.mark.portable
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("case", [
     dict(dim=2, K=(3, 2), padding=(1, 2), stride=1, dilation=2),
@@ -138,21 +82,46 @@ def test_dsd_named_cases(case, fused):
               extra=(2, 3) if case["dim"] == 2 else (4,), fused=fused, **case)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_dsd_deterministic_is_bit_identical(dtype):
+def _layer_grads(deterministic: bool, order_seed=None):
+    """All five gradients of a fused layer whose weight gradients are split reductions (the
+    interpreter gets >= 2 splits from N=6), optionally with the programs run in a permuted
+    order."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 8, 9, 9, generator=g).to(dtype).to(DEVICE)
-    ps = [torch.randn(8, 1, 3, 3, generator=g), torch.randn(8, generator=g),
-          torch.randn(16, 8, 1, 1, generator=g), torch.randn(16, generator=g)]
-    grads = []
-    for _ in range(2):
-        p = [t.to(dtype).to(DEVICE).requires_grad_() for t in ps]
-        triton_dsd.dsd_conv2d(x, *p, 1, 2, 2, deterministic=True).float().square().sum().backward()
-        grads.append([t.grad for t in p])
-    for a, b in zip(*grads):
-        assert torch.equal(a, b)
+    x = torch.randn(6, 8, 9, 9, generator=g).to(DEVICE).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    p = [t.to(DEVICE).requires_grad_() for t in (
+        torch.randn(8, 1, 3, 3, generator=g), torch.randn(8, generator=g),
+        torch.randn(16, 8, 1, 1, generator=g), torch.randn(16, generator=g))]
+    dy = torch.randn(6, 16, 9, 9, generator=g).to(DEVICE)
+    with (permuted_program_order(order_seed) if order_seed is not None
+          else contextlib.nullcontext()):
+        triton_dsd.dsd_conv2d(x, *p, 1, 2, 2, deterministic=deterministic).backward(dy)
+    return [t.grad.clone() for t in (x, *p)]
 
 
+@pytest.mark.portable
+def test_deterministic_gradients_do_not_depend_on_program_order():
+    """deterministic=True: every program writes its own partial sums and one kernel adds them
+    in a fixed order, so running the programs in another order changes no bit. The atomic
+    path run the same way does change (that is what makes this test able to fail)."""
+    if not _runtime.INTERPRET:  # on a GPU the hardware picks the order: repeat runs instead
+        first = _layer_grads(True)
+        for _ in range(3):
+            assert all(torch.equal(a, b) for a, b in zip(first, _layer_grads(True)))
+        return
+    base = _layer_grads(True)
+    for seed in (1, 2):
+        for a, b in zip(base, _layer_grads(True, order_seed=seed)):
+            assert torch.equal(a, b)
+    atomic = _layer_grads(False)
+    shuffled = _layer_grads(False, order_seed=1)
+    assert not all(torch.equal(a, b) for a, b in zip(atomic, shuffled)), \
+        "the permuted program order changed nothing: the test cannot tell the paths apart"
+    for a, b in zip(atomic, base):  # both paths are right, only the last bits differ
+        assert_close(a, b.double(), torch.float32, 500)
+
+
+@pytest.mark.portable
 @pytest.mark.parametrize("dim", [1, 2])
 @pytest.mark.parametrize("fused", [True, False])
 def test_dsd_gradcheck_fp64(dim, fused):
@@ -201,7 +170,7 @@ def test_fused_saves_only_x():
 
 def test_bf16_dot_shim_only_when_interpreting():
     """The interpreter fix for bf16 tl.dot is installed exactly when interpreting."""
-    if not launch.interpreting():
+    if not _runtime.INTERPRET:
         pytest.skip("GPU run: nothing is patched")
     from triton.runtime import interpreter
     assert getattr(interpreter.InterpreterBuilder.create_dot, "_triton_dsd_bf16", False)

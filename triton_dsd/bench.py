@@ -14,7 +14,6 @@ import contextlib
 import csv
 import datetime
 import os
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -22,14 +21,18 @@ import torch
 import triton
 from torch import nn
 
-from triton_dsd import cost
+import triton_dsd
+from triton_dsd import _io, cost
 from triton_dsd.problems import Problem
 
-COLUMNS = ["op", "mode", "provider", "dtype", "layout", "N", "C", "M", "H", "W", "K", "dilation",
-           "stride", "ms_p50", "ms_p20", "ms_p80", "gb_s", "tflop_s", "pct_roofline",
+COLUMNS = ["op", "mode", "provider", "dtype", "layout", "dim", "N", "C", "m", "M", "H", "W", "K",
+           "dilation", "stride", "ms_p50", "ms_p20", "ms_p80", "gb_s", "tflop_s", "pct_roofline",
            "peak_mem_mb", "gpu_name", "torch_version", "triton_version", "timestamp"]
-IDENTITY = ["op", "mode", "provider", "dtype", "layout", "N", "C", "M", "H", "W", "K", "dilation",
-            "stride", "gpu_name"]
+#: the columns that say which measurement a row is (a re-measured row replaces its old one)
+IDENTITY = ["op", "mode", "provider", "dtype", "layout", "dim", "N", "C", "m", "M", "H", "W",
+            "K", "dilation", "stride", "gpu_name"]
+#: the sizes of a row's problem (the plots vary one and hold the others)
+SIZE_COLUMNS = ["N", "C", "m", "M", "H", "W", "K", "dilation", "stride"]
 PROVIDERS = ("triton_fused", "triton_unfused", "eager", "eager_cudnn", "eager_native", "compile")
 MODES = ("fwd", "bwd", "fwd+bwd")
 OPS = ("dsd", "depthwise", "pointwise")
@@ -39,6 +42,14 @@ OP_PROVIDERS = {
     "depthwise": ("triton_unfused", "eager", "eager_cudnn", "eager_native", "compile"),
     "pointwise": ("triton_unfused", "eager", "eager_cudnn", "compile"),
 }
+#: providers that only mean something on a CUDA device (cuDNN on / off)
+CUDA_ONLY = ("eager_cudnn", "eager_native")
+
+
+def providers_for(op: str, providers: Sequence[str], device: torch.device) -> List[str]:
+    """The requested providers that exist for ``op`` on ``device`` (cuDNN ones need CUDA)."""
+    return [p for p in providers if p in OP_PROVIDERS[op]
+            and (device.type == "cuda" or p not in CUDA_ONLY)]
 
 
 class SchemaError(ValueError):
@@ -46,9 +57,8 @@ class SchemaError(ValueError):
 
 
 def _module(op: str, provider: str, p: Problem) -> nn.Module:
-    import triton_dsd
     C, cm = p.C, p.C * p.m
-    pad = "same" if p.stride == 1 else (p.dilation * (p.K - 1)) // 2
+    pad = p.padding
     two = p.dim == 2
     kw = dict(device=p.device, dtype=p.dtype)
     triton_side = provider.startswith("triton")
@@ -177,17 +187,17 @@ def gpu_name(device: torch.device) -> str:
 
 def run(problems: Sequence[Problem], ops: Sequence[str], providers: Sequence[str],
         modes: Sequence[str], progress: Callable[[str], None] = print,
-        on_problem: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
+        on_problem: Optional[Callable[[List[dict]], None]] = None,
+        failures: Optional[List[str]] = None) -> List[dict]:
     """Measure every (problem, op, mode, provider); ``on_problem`` gets each problem's rows as
-    soon as they exist (the CLI appends them to the CSV, so an interrupted sweep keeps them)."""
+    soon as they exist (the CLI appends them to the CSV, so an interrupted sweep keeps them).
+    A Triton provider that raises is appended to ``failures`` (a baseline that cannot run a
+    case is only reported)."""
+    failures = [] if failures is None else failures
     rows = []
     for p in problems:
         first = len(rows)
-        c = cost.layer_cost(p.N, p.C, p.M, p.H if p.dim == 2 else 1, p.W, p.kernel,
-                            p.dilations, p.strides, "same" if p.stride == 1 else
-                            ((p.dilations[0] * (p.kernel[0] - 1)) // 2,
-                             (p.dilations[1] * (p.kernel[1] - 1)) // 2),
-                            p.m, True, p.dtype.itemsize)
+        c = p.cost()
         name = gpu_name(p.device)
         try:
             dev = cost.device_for(name)
@@ -195,22 +205,26 @@ def run(problems: Sequence[Problem], ops: Sequence[str], providers: Sequence[str
             dev = None
         for op in ops:
             for mode in modes:
-                for prov in providers:
-                    if prov not in OP_PROVIDERS[op]:
-                        continue
+                for prov in providers_for(op, providers, p.device):
                     try:
                         fn = make_case(op, prov, mode, p)
                         m = measure(fn, p.device)
-                    except Exception as e:  # a provider that cannot run this case: say so
-                        progress(f"  skip {op} {mode} {prov} {p.label()}: {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0][:120] if str(e) else ''}")
+                    except Exception as e:  # noqa: BLE001 - reported, and counted for ours
+                        # a baseline that cannot run a case (torch.compile on an odd build)
+                        # is skipped; a Triton provider that fails is a bug: counted in
+                        # `failures`, and the CLI exits non-zero
+                        msg = (f"{op} {mode} {prov} {p.label()}: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:160] if str(e) else ''}")
+                        if prov.startswith("triton"):
+                            failures.append(msg)
+                        progress(("  FAILED " if prov.startswith("triton") else "  skip ") + msg)
                         continue
                     b, fv, fm = cost.op_work(c, op, mode)
                     s = m["ms_p50"] / 1e3
                     floor = cost.roofline_ms(c, op, mode, dev) if dev else None
                     rows.append(dict(
                         op=op, mode=mode, provider=prov, dtype=str(p.dtype).replace("torch.", ""),
-                        layout=p.layout, N=p.N, C=p.C, M=p.M, H=p.H if p.dim == 2 else 1, W=p.W,
+                        layout=p.layout, dim=p.dim, N=p.N, C=p.C, m=p.m, M=p.M, H=p.height, W=p.W,
                         K=p.K, dilation=p.dilation, stride=p.stride, **{k: _r(v) for k, v in m.items()},
                         gb_s=_r(b / s / 1e9), tflop_s=_r((fv + fm) / s / 1e12),
                         pct_roofline=_r(100 * floor / m["ms_p50"]) if floor else "",
@@ -225,45 +239,69 @@ def run(problems: Sequence[Problem], ops: Sequence[str], providers: Sequence[str
     return rows
 
 
+def problem_of(row: dict) -> Problem:
+    """The problem a CSV row measured (sizes and dtype; the device is irrelevant here)."""
+    return Problem(N=int(row["N"]), C=int(row["C"]), M=int(row["M"]), H=int(row["H"]),
+                   W=int(row["W"]), K=int(row["K"]), dilation=int(row["dilation"]),
+                   stride=int(row["stride"]), m=int(row["m"]), dim=int(row["dim"]),
+                   dtype=getattr(torch, row["dtype"]), layout=row["layout"])
+
+
 def _r(v):
     return float(f"{v:.6g}") if isinstance(v, float) else v
 
 
+#: columns that must hold numbers (the rest are labels)
+_INT_COLUMNS = ("dim", "N", "C", "m", "M", "H", "W", "K", "dilation", "stride")
+_FLOAT_COLUMNS = ("ms_p50", "ms_p20", "ms_p80", "gb_s", "tflop_s")
+
+
 def read_csv(path: str) -> List[dict]:
-    """Rows of one of our CSVs; SchemaError if its header is not ours."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in COLUMNS if c not in header]
-        extra = [c for c in header if c not in COLUMNS]
-        if missing or extra:
-            raise SchemaError(f"{path} is not a triton_dsd benchmark CSV: "
-                              f"{'missing columns ' + str(missing) if missing else ''}"
-                              f"{' unknown columns ' + str(extra) if extra else ''}")
-        return list(reader)
+    """Rows of one of our CSVs; SchemaError if its header is not ours, a size or time is not
+    a number, or it is not text."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in COLUMNS if c not in header]
+            extra = [c for c in header if c not in COLUMNS]
+            if missing or extra:
+                raise SchemaError(f"{path} is not a triton_dsd benchmark CSV: "
+                                  f"{'missing columns ' + str(missing) if missing else ''}"
+                                  f"{' unknown columns ' + str(extra) if extra else ''}")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise SchemaError(f"{path} is not a triton_dsd benchmark CSV (not UTF-8 text: {e})")
+    for i, r in enumerate(rows, start=2):
+        for col, kind in [(c, int) for c in _INT_COLUMNS] + [(c, float) for c in _FLOAT_COLUMNS]:
+            try:
+                kind(r[col])
+            except (TypeError, ValueError):
+                raise SchemaError(f"{path}, line {i}: column {col} is {r[col]!r}, not a "
+                                  f"{kind.__name__}") from None
+    return rows
 
 
 def append_csv(path: str, rows: Sequence[dict]) -> int:
-    """Merge rows into the CSV (a row with the same identity is replaced), atomically."""
+    """Merge rows into the CSV (a row with the same identity is replaced): under a lock on its
+    folder (concurrent benches merge, never lose rows), then an atomic replace."""
+    with _io.locked_dir(os.path.dirname(os.path.abspath(path))):
+        return _merge_csv(path, rows)
+
+
+def _merge_csv(path: str, rows: Sequence[dict]) -> int:
     existing = read_csv(path) if os.path.exists(path) else []
     ident = lambda r: tuple(str(r[k]) for k in IDENTITY)  # noqa: E731
     merged = {ident(r): r for r in existing}
     for r in rows:
         merged[ident(r)] = {k: r[k] for k in COLUMNS}
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            for r in merged.values():
-                w.writerow(r)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in merged.values():
+            w.writerow(r)
+    _io.atomic_write(path, write)
     return len(merged)
 
 
@@ -278,8 +316,10 @@ def summary(rows: Sequence[dict]) -> str:
     for rs in groups.values():
         eager = next((float(r["ms_p50"]) for r in rs if r["provider"] == "eager"), None)
         for r in rs:
-            shape = (f"{r['dtype']} {r['layout']} N{r['N']} C{r['C']} M{r['M']} {r['H']}x{r['W']} "
-                     f"K{r['K']} d{r['dilation']} s{r['stride']}")
+            sp = f"{r['H']}x{r['W']}" if str(r["dim"]) == "2" else f"L{r['W']}"
+            mult = f" m{r['m']}" if str(r["m"]) != "1" else ""
+            shape = (f"{r['dtype']} {r['layout']} {r['dim']}D N{r['N']} C{r['C']}{mult} M{r['M']} "
+                     f"{sp} K{r['K']} d{r['dilation']} s{r['stride']}")
             sp = f"{eager / float(r['ms_p50']):7.2f}x" if eager else "      -"
             roof = f"{float(r['pct_roofline']):5.1f}%" if r["pct_roofline"] not in ("", None) else "     -"
             lines.append(f"{r['op']:9s} {r['mode']:7s} {shape:42s} {r['provider']:14s} "

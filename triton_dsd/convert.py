@@ -1,138 +1,385 @@
 """Model conversion: swap eager depthwise / separable convolutions for the Triton layers, and back.
 
-``convert(model)`` replaces, recursively:
+``convert(model)`` walks the model and, where it can prove the result equal:
 
-1. every eager separable module — :class:`EagerDepthwiseSeparableDilatedConv1d/2d`, and the
-   source article's class (a module named ``DepthwiseSeparableDilatedConv2d`` whose only
-   children are a depthwise ``depthwise`` conv and a 1x1 ``pointwise`` conv) — by
-   :class:`DepthwiseSeparableDilatedConv1d/2d`;
-2. inside an ``nn.Sequential``, a depthwise conv immediately followed by a 1x1 conv (stride 1,
-   no padding, groups 1, matching channels) by ONE separable module (fused forward); the 1x1
-   slot becomes ``nn.Identity`` so later indices stay where they were;
-3. every other depthwise ``nn.Conv1d/2d`` (groups == in_channels) by DepthwiseConv1d/2d.
+1. replaces each of our eager separable modules (:class:`EagerDepthwiseSeparableDilatedConv1d/2d`)
+   by :class:`DepthwiseSeparableDilatedConv1d/2d` (same children names, so the same state_dict
+   keys);
+2. replaces a module of another class whose only children are a depthwise ``depthwise`` conv
+   and a 1x1 ``pointwise`` conv (the source article's class), and which holds no parameters or
+   buffers of its own, by the separable layer only when a float64 forward on a random input,
+   in train and in eval mode, shows its forward is exactly ``pointwise(depthwise(x))``: a class
+   name proves nothing (a user's forward may put an activation between the two);
+3. inside an ``nn.Sequential``, fuses a depthwise conv immediately followed by a 1x1 conv
+   (stride 1, no padding, groups 1, matching channels): the Sequential becomes a
+   :class:`FusedSequential` whose children keep their names and parameters, so the model saves
+   and loads exactly the keys of the original, and the pair runs as one fused kernel;
+4. swaps every other depthwise ``nn.Conv1d/2d`` (groups == in_channels) for
+   ``DepthwiseConv1d/2d``.
 
-Weights are carried over (the same Parameter objects, so optimizers built before the
-conversion keep working), outputs are unchanged. ``to_eager`` undoes each kind of replacement.
+Hooks registered on a converted module move with it (the very same hook dictionaries, so their
+handles still remove them). A pair whose convs carry hooks is converted but not fused, so the
+hooks still fire. A conv whose weight is not a Parameter (pruning, old-style spectral_norm),
+that holds child modules, buffers or attributes nn.Conv does not (quantisation observers), a
+parametrized conv, or a subclass of nn.Conv with a forward of its own is left alone. Every
+decision, including each module left alone and why, is a line of the report (logged on the
+``triton_dsd`` logger; printed with verbose=True). Parameters are the same objects before and
+after with ``inplace=True`` (optimizers built before an in-place conversion keep working; the
+default converts a deep copy). ``to_eager`` undoes each kind, and leaves (with a report line)
+what an nn.Conv cannot hold: a causal DepthwiseConv1d, a wrapped or pruned conv.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
-from typing import List, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from triton_dsd import modules as M
+from triton_dsd import dispatch, functional as Fd, modules as M, shapes
 
 log = logging.getLogger("triton_dsd")
 
 Conv = Union[nn.Conv1d, nn.Conv2d]
 
+#: the hook dictionaries of an nn.Module, moved as they are onto the module that replaces it
+_HOOK_ATTRS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+               "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+               "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
 
 @dataclasses.dataclass
 class Replacement:
+    """One line of the report: ``new`` is empty for a module left as it was (``note`` says why)."""
     name: str
     old: str
     new: str
+    note: str = ""
+
+    @property
+    def replaced(self) -> bool:
+        return bool(self.new)
 
     def __str__(self) -> str:
-        return f"{self.name or '<root>'}: {self.old} -> {self.new}"
+        where = self.name or "<root>"
+        if not self.new:
+            return f"{where}: {self.old} left as is: {self.note}"
+        return f"{where}: {self.old} -> {self.new}" + (f" ({self.note})" if self.note else "")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _dims(conv: nn.Module) -> int:
     return 1 if isinstance(conv, nn.Conv1d) else 2
 
 
-def _is_depthwise(m: nn.Module) -> bool:
-    """A plain nn.Conv1d/2d with groups == in_channels (out = in * depth multiplier)."""
-    return (type(m) in (nn.Conv1d, nn.Conv2d) and m.groups == m.in_channels
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Move ``old``'s hooks (the dictionaries themselves) and train/eval mode onto ``new``."""
+    for attr in _HOOK_ATTRS:
+        if hasattr(old, attr):
+            setattr(new, attr, getattr(old, attr))
+    if hasattr(old, "_is_full_backward_hook"):
+        new._is_full_backward_hook = old._is_full_backward_hook
+    return new.train(old.training)
+
+
+def _depthwise_like(m: nn.Module) -> bool:
+    """An nn.Conv1d/2d (or subclass) with groups == in_channels and out a multiple of in."""
+    return (isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups == m.in_channels
             and m.out_channels % m.in_channels == 0)
+
+
+_BASE_ATTRS = {}
+
+
+def _base_attrs(cls: type) -> set:
+    """The instance attributes a freshly built nn.Conv of this class has."""
+    if cls not in _BASE_ATTRS:
+        _BASE_ATTRS[cls] = set(vars(cls(1, 1, 1, device="meta")))
+    return _BASE_ATTRS[cls]
+
+
+def _why_not_swappable(m: nn.Module) -> Optional[str]:
+    """None if ``m`` can be swapped for our drop-in as it is (nothing it holds would be lost),
+    else the reason."""
+    if type(m) not in (nn.Conv1d, nn.Conv2d):
+        if torch.nn.utils.parametrize.is_parametrized(m):
+            return "its weight is parametrized (torch.nn.utils.parametrize)"
+        return f"{type(m).__name__} subclasses nn.Conv with a forward of its own"
+    if not isinstance(m.weight, nn.Parameter) or (m.bias is not None
+                                                  and not isinstance(m.bias, nn.Parameter)):
+        return ("its weight is not a Parameter (pruning or spectral_norm recompute it before "
+                "each forward)")
+    if m._modules:
+        return f"it holds child modules ({', '.join(m._modules)}), e.g. quantisation observers"
+    if m._buffers:
+        return f"it holds buffers ({', '.join(m._buffers)})"
+    extra = set(vars(m)) - _base_attrs(type(m))
+    if extra:
+        return f"it holds attributes nn.Conv does not ({', '.join(sorted(extra))})"
+    return None
 
 
 def _is_pointwise(m: nn.Module, channels: int, dims: int) -> bool:
     """A plain 1x1 nn.Conv1d/2d (stride 1, no padding, groups 1) reading ``channels`` channels."""
-    return (type(m) is (nn.Conv1d if dims == 1 else nn.Conv2d) and m.in_channels == channels and m.groups == 1
-            and all(k == 1 for k in m.kernel_size) and all(s == 1 for s in m.stride)
-            and all(d == 1 for d in m.dilation)
-            and (m.padding == "valid" or m.padding == "same" or all(p == 0 for p in m.padding)))
+    return (type(m) is (nn.Conv1d if dims == 1 else nn.Conv2d) and m.in_channels == channels
+            and m.groups == 1 and all(k == 1 for k in m.kernel_size)
+            and all(s == 1 for s in m.stride) and all(d == 1 for d in m.dilation)
+            and m.padding_mode == "zeros"
+            and (m.padding in ("valid", "same") or all(p == 0 for p in m.padding)))
 
 
 def _depthwise_from(conv: Conv) -> nn.Module:
+    """Our depthwise drop-in holding the very Parameters (and hooks) of ``conv``."""
     cls = M.DepthwiseConv1d if _dims(conv) == 1 else M.DepthwiseConv2d
     new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-              conv.dilation, conv.bias is not None, conv.padding_mode,
-              device=conv.weight.device, dtype=conv.weight.dtype)
+              conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+              device="meta", dtype=conv.weight.dtype)
     new.weight, new.bias = conv.weight, conv.bias
-    return new.train(conv.training)
+    return _carry_hooks(conv, new)
+
+
+def _pointwise_from(conv: Conv) -> nn.Module:
+    cls = M.PointwiseConv1d if _dims(conv) == 1 else M.PointwiseConv2d
+    new = cls(conv.in_channels, conv.out_channels, bias=conv.bias is not None, device="meta",
+              dtype=conv.weight.dtype)
+    new.weight, new.bias = conv.weight, conv.bias
+    return _carry_hooks(conv, new)
 
 
 def _separable_from(dw: Conv, pw: Conv, padding=None) -> nn.Module:
-    """One separable module holding the very Parameters of ``dw`` and ``pw``."""
+    """One separable module whose children hold the very Parameters of ``dw`` and ``pw``."""
     cls = M.DepthwiseSeparableDilatedConv1d if _dims(dw) == 1 else M.DepthwiseSeparableDilatedConv2d
     new = cls(dw.in_channels, pw.out_channels, dw.kernel_size, dw.dilation,
-              dw.padding if padding is None else padding, stride=dw.stride, bias=True,
+              dw.padding if padding is None else padding, stride=dw.stride,
               depth_multiplier=dw.out_channels // dw.in_channels, padding_mode=dw.padding_mode,
-              device=dw.weight.device, dtype=dw.weight.dtype)
-    new.depthwise.weight, new.depthwise.bias = dw.weight, dw.bias
-    new.pointwise.weight, new.pointwise.bias = pw.weight, pw.bias
-    new._from_sequential = False
+              device="meta", dtype=dw.weight.dtype)
+    new.depthwise = _depthwise_from(dw)
+    if padding == "causal":  # the eager class pads by hand; our child pads causally itself
+        new.depthwise.padding = "causal"
+        new.depthwise._reversed_padding_repeated_twice = [
+            shapes.causal_pad(dw.kernel_size[0], dw.dilation[0]), 0]
+    new.pointwise = _pointwise_from(pw)
     return new.train(dw.training)
 
 
-def _is_article_class(m: nn.Module) -> bool:
-    children = dict(m.named_children())
-    return (type(m).__name__ in ("DepthwiseSeparableDilatedConv2d", "DepthwiseSeparableDilatedConv1d")
-            and not isinstance(m, M._Separable) and set(children) == {"depthwise", "pointwise"}
-            and type(children["depthwise"]) in (nn.Conv1d, nn.Conv2d)
-            and children["depthwise"].groups == children["depthwise"].in_channels
-            and _is_pointwise(children["pointwise"], children["depthwise"].out_channels,
-                              _dims(children["depthwise"])))
+def _example(dw: Conv) -> Tensor:
+    """A random float64 CPU input a depthwise conv accepts (fixed seed; the global RNG is
+    untouched)."""
+    g = torch.Generator().manual_seed(0)
+    spatial = [d * (k - 1) + 1 + 5 * s for k, d, s in zip(dw.kernel_size, dw.dilation, dw.stride)]
+    return torch.randn(2, dw.in_channels, *spatial, generator=g, dtype=torch.float64)
+
+
+#: relative difference (to the largest output) a float64 proof allows: rounding only
+PROOF_RTOL = 1e-9
+
+
+def _prove(module: nn.Module, build: Callable[[nn.Module], nn.Module], dw: Conv) -> Optional[str]:
+    """None if ``build(module)`` computes what ``module`` does, else why not.
+
+    Both run in float64 on CPU copies (so only rounding can differ, and a 1% change of the
+    output cannot hide in a half-precision tolerance), in train and in eval mode, on a random
+    input, with the default kernel configs (a proof never tunes or warns)."""
+    if any(t.is_meta for t in itertools.chain(module.parameters(), module.buffers())):
+        return "it is on the meta device: nothing can be run to prove it"
+    original = _deepcopy(module).to(device="cpu", dtype=torch.float64)
+    for attr in _HOOK_ATTRS:  # hooks on the module itself move to the replacement as they are
+        getattr(original, attr, {}).clear()
+    candidate = build(original)
+    x = _example(dw)
+    for training in (True, False):
+        original.train(training)
+        candidate.train(training)
+        try:
+            with torch.no_grad(), dispatch.defaults_only():
+                want, got = original(x), candidate(x)
+        except Exception as e:  # noqa: BLE001 - it cannot run on such an input: not proven
+            return f"could not compare on a random input ({type(e).__name__}: {e})"
+        if not isinstance(want, Tensor) or want.shape != got.shape:
+            return "its output is not the separable conv's (shape differs)"
+        err = float((want - got).abs().max())
+        scale = float(want.abs().max().clamp_min(1e-30))
+        if not err <= PROOF_RTOL * scale:
+            return (f"its forward is not pointwise(depthwise(x)) ({'train' if training else 'eval'}"
+                    f" mode: a random input differs by {err / scale:.3g} of the output)")
+    return None
+
+
+class FusedSequential(nn.Sequential):
+    """An ``nn.Sequential`` in which some (depthwise conv, 1x1 conv) neighbours run as one
+    fused kernel. The children keep their names, order and parameters, so the state_dict keys
+    are the original Sequential's; a pair whose children carry hooks at run time is run
+    through the children, so the hooks fire."""
+
+    def __init__(self, *args, fused_pairs: Tuple[Tuple[str, str], ...] = ()) -> None:
+        super().__init__(*args)
+        self.fused_pairs = tuple(fused_pairs)
+
+    def _fusable(self, a: nn.Module, b: nn.Module) -> bool:
+        dw_cls = M.DepthwiseConv1d if isinstance(a, nn.Conv1d) else M.DepthwiseConv2d
+        pw_cls = M.PointwiseConv1d if isinstance(a, nn.Conv1d) else M.PointwiseConv2d
+        return M.plain_module(a, dw_cls) and M.plain_module(b, pw_cls)
+
+    def forward(self, x):
+        names = list(self._modules)
+        pairs = dict(self.fused_pairs)
+        i = 0
+        while i < len(names):
+            a = self._modules[names[i]]
+            nxt = names[i + 1] if i + 1 < len(names) else None
+            if nxt is not None and pairs.get(names[i]) == nxt and \
+                    self._fusable(a, self._modules[nxt]):
+                b = self._modules[nxt]
+                x, padding = M._padded(a, x)
+                fn = Fd.dsd_conv1d if isinstance(a, nn.Conv1d) else Fd.dsd_conv2d
+                x = fn(x, a.weight, a.bias, b.weight, b.bias, a.stride, padding, a.dilation,
+                       fused=True)
+                i += 2
+                continue
+            x = a(x)
+            i += 1
+        return x
+
+    def __getitem__(self, idx):
+        out = super().__getitem__(idx)
+        if isinstance(out, FusedSequential):  # a slice keeps the pairs it still holds
+            out.fused_pairs = tuple(p for p in self.fused_pairs
+                                    if p[0] in out._modules and p[1] in out._modules)
+        return out
+
+    def extra_repr(self) -> str:
+        return "fused: " + ", ".join(f"{a}+{b}" for a, b in self.fused_pairs)
+
+
+def _pair_of(seq: nn.Sequential) -> nn.Module:
+    """The fused replacement of a (depthwise, 1x1) nn.Sequential, holding its Parameters."""
+    return FusedSequential(_depthwise_from(seq[0]), _pointwise_from(seq[1]),
+                           fused_pairs=(("0", "1"),))
+
+
+def _convert_sequential(module: nn.Sequential, prefix: str,
+                        report: List[Replacement]) -> nn.Module:
+    """Fuse the (depthwise conv, 1x1 conv) neighbours of a Sequential (or a FusedSequential
+    converted again) that are proven equal; their convs become our drop-ins in place."""
+    names = list(module._modules)
+    pairs = list(getattr(module, "fused_pairs", ()))
+    i = 0
+    while i < len(names) - 1:
+        a, b = module._modules[names[i]], module._modules[names[i + 1]]
+        if (_depthwise_like(a) and b is not None and isinstance(b, type(a))
+                and _why_not_swappable(a) is None and _is_pointwise(b, a.out_channels, _dims(a))
+                and _why_not_swappable(b) is None):
+            where = f"{_join(prefix, names[i])}+{names[i + 1]}"
+            old = f"{type(a).__name__}+{type(b).__name__}"
+            if _has_hooks(a) or _has_hooks(b):
+                report.append(Replacement(where, old, "", "hooks on the convs: converted one by "
+                                          "one, not fused"))
+                i += 1
+                continue
+            why = _prove(nn.Sequential(a, b), _pair_of, a)
+            if why is None:
+                dw, pw = _depthwise_from(a), _pointwise_from(b)
+                module._modules[names[i]], module._modules[names[i + 1]] = dw, pw
+                pairs.append((names[i], names[i + 1]))
+                report.append(Replacement(where, old, f"{type(dw).__name__}+{type(pw).__name__}",
+                                          "fused, same state_dict keys"))
+                i += 2
+                continue
+            report.append(Replacement(where, old, "", why))
+        i += 1
+    if isinstance(module, FusedSequential):
+        module.fused_pairs = tuple(pairs)
+        return module
+    if not pairs:
+        return module
+    new = FusedSequential(fused_pairs=tuple(pairs))
+    new._modules = module._modules
+    return _carry_hooks(module, new)
 
 
 def _convert(module: nn.Module, prefix: str, report: List[Replacement]) -> nn.Module:
-    if isinstance(module, M._EagerSeparable) or _is_article_class(module):
-        new = _separable_from(module.depthwise, module.pointwise,
-                              "causal" if getattr(module, "causal", False) else None)
-        report.append(Replacement(prefix, type(module).__name__, type(new).__name__))
-        return new
-    if isinstance(module, (M._Separable, M.DepthwiseConv1d, M.DepthwiseConv2d)):
+    if isinstance(module, (M._Separable, M.DepthwiseConv1d, M.DepthwiseConv2d,
+                           M.PointwiseConv1d, M.PointwiseConv2d)):
         return module
-    if _is_depthwise(module):
+    name = type(module).__name__
+    if type(module) in (M.EagerDepthwiseSeparableDilatedConv1d,
+                        M.EagerDepthwiseSeparableDilatedConv2d):
+        why = next((w for w in map(_why_not_swappable, (module.depthwise, module.pointwise)) if w),
+                   None)
+        if why is None and not any(_has_hooks(m) for m in module.children()):
+            new = _separable_from(module.depthwise, module.pointwise,
+                                  "causal" if module.causal else None)
+            report.append(Replacement(prefix, name, type(new).__name__))
+            return _carry_hooks(module, new)
+        report.append(Replacement(prefix, name, "", why or "hooks on its convs: its convs are "
+                                  "converted one by one, not fused"))
+    elif set(module._modules) == {"depthwise", "pointwise"} and \
+            not isinstance(module, nn.Sequential):
+        dw, pw = module.depthwise, module.pointwise
+        if (_depthwise_like(dw) and _why_not_swappable(dw) is None and pw is not None
+                and _is_pointwise(pw, dw.out_channels, _dims(dw))
+                and _why_not_swappable(pw) is None):
+            if any(_has_hooks(m) for m in module.children()):
+                why = "hooks on its convs: converted one by one, not fused"
+            elif next(module.parameters(recurse=False), None) is not None or \
+                    next(module.buffers(recurse=False), None) is not None:
+                why = "it holds parameters or buffers of its own, which its forward may use"
+            else:
+                why = _prove(module, lambda m: _separable_from(m.depthwise, m.pointwise), dw)
+            if why is None:
+                new = _separable_from(dw, pw)
+                report.append(Replacement(prefix, name, type(new).__name__,
+                                          "proven equal on a random input, train and eval"))
+                return _carry_hooks(module, new)
+            report.append(Replacement(prefix, name, "", f"not fused: {why}"))
+    if _depthwise_like(module):
+        why = _why_not_swappable(module)
+        if why is not None:
+            report.append(Replacement(prefix, name, "", why))
+            return module
         new = _depthwise_from(module)
-        report.append(Replacement(prefix, type(module).__name__, type(new).__name__))
+        report.append(Replacement(prefix, name, type(new).__name__,
+                                  "hooks carried over" if _has_hooks(module) else ""))
         return new
-    names = list(module._modules)
-    if isinstance(module, nn.Sequential):
-        i = 0
-        while i < len(names) - 1:
-            a, b = module._modules[names[i]], module._modules[names[i + 1]]
-            if (_is_depthwise(a) and type(b) is type(a)
-                    and _is_pointwise(b, a.out_channels, _dims(a))):
-                new = _separable_from(a, b)
-                new._from_sequential = True
-                module._modules[names[i]] = new
-                module._modules[names[i + 1]] = nn.Identity()
-                report.append(Replacement(f"{prefix}{'.' if prefix else ''}{names[i]}+{names[i + 1]}",
-                                          f"{type(a).__name__}+{type(b).__name__}",
-                                          type(new).__name__))
-                i += 2
-                continue
-            i += 1
-    for name in names:
-        child = module._modules[name]
-        if child is None:
-            continue
-        module._modules[name] = _convert(child, f"{prefix}{'.' if prefix else ''}{name}", report)
+    if type(module) in (nn.Sequential, FusedSequential):  # pairs first, while still eager
+        module = _convert_sequential(module, prefix, report)
+    for child_name in list(module._modules):
+        child = module._modules[child_name]
+        if child is not None:
+            module._modules[child_name] = _convert(child, _join(prefix, child_name), report)
     return module
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy, also for models holding non-leaf tensors as plain attributes (pruning
+    keeps ``weight = weight_orig * weight_mask`` so; deepcopy refuses those): they are copied
+    detached, and recomputed by their hooks at the next forward as in the original."""
+    memo = {}
+    for m in model.modules():
+        for v in vars(m).values():
+            if isinstance(v, Tensor) and not v.is_leaf:
+                memo[id(v)] = v.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def _apply(what: str, walk, model: nn.Module, inplace: bool, verbose: bool,
            return_report: bool):
-    """Shared driver of convert / to_eager: copy, walk, log the replacements."""
+    """Shared driver of convert / to_eager: copy, walk, log the report."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"triton_dsd.{what}: `model` must be an nn.Module; got {type(model).__name__}")
-    model = model if inplace else copy.deepcopy(model)
+    model = model if inplace else _deepcopy(model)
     report: List[Replacement] = []
     model = walk(model, "", report)
     for r in report:
@@ -148,8 +395,10 @@ def convert(model: nn.Module, *, inplace: bool = False, verbose: bool = False,
             return_report: bool = False) -> Union[nn.Module, Tuple[nn.Module, List[Replacement]]]:
     """The model with its eager depthwise and separable convolutions on the Triton kernels.
 
-    inplace=False converts a deep copy. Every replacement is logged on the ``triton_dsd`` logger
-    (and printed with verbose=True); return_report=True also returns the list.
+    inplace=False converts a deep copy. Every decision is logged on the ``triton_dsd`` logger
+    (and printed with verbose=True); return_report=True also returns the list of
+    :class:`Replacement` lines (``r.replaced`` is False for a module left alone, ``r.note`` says
+    why).
     """
     return _apply("convert", _convert, model, inplace, verbose, return_report)
 
@@ -159,44 +408,64 @@ def _eager_conv(new: nn.Module) -> Conv:
     padding = 0 if new.padding == "causal" else new.padding
     old = conv(new.in_channels, new.out_channels, new.kernel_size, new.stride, padding,
                new.dilation, new.groups, new.bias is not None, new.padding_mode,
-               device=new.weight.device, dtype=new.weight.dtype)
+               device="meta", dtype=new.weight.dtype)
     old.weight, old.bias = new.weight, new.bias
-    return old.train(new.training)
+    return _carry_hooks(new, old)
+
+
+_OURS = (M.DepthwiseConv1d, M.DepthwiseConv2d, M.PointwiseConv1d, M.PointwiseConv2d)
+
+
+def _why_not_eager(m: nn.Module, in_separable: bool = False) -> Optional[str]:
+    """None if our drop-in ``m`` can become a plain nn.Conv with nothing lost, else why not."""
+    if type(m) not in _OURS:
+        return f"{type(m).__name__} is not one of our convs (a wrapper or a replacement)"
+    if not isinstance(m.weight, nn.Parameter) or (m.bias is not None
+                                                  and not isinstance(m.bias, nn.Parameter)):
+        return "its weight is not a Parameter (pruning or spectral_norm recompute it)"
+    if m._modules or m._buffers:
+        return "it holds child modules or buffers an nn.Conv would lose"
+    if m.padding == "causal" and not in_separable:
+        return "causal padding has no nn.Conv1d equivalent"
+    return None
 
 
 def _to_eager(module: nn.Module, prefix: str, report: List[Replacement]) -> nn.Module:
+    name = type(module).__name__
     if isinstance(module, M._Separable):
-        dw = module.depthwise
-        dims = 1 if isinstance(dw, nn.Conv1d) else 2
-        cls = (M.EagerDepthwiseSeparableDilatedConv1d if dims == 1
-               else M.EagerDepthwiseSeparableDilatedConv2d)
-        new = cls(dw.in_channels, module.out_channels, dw.kernel_size, dw.dilation, dw.padding,
-                  stride=dw.stride, bias=dw.bias is not None,
-                  depth_multiplier=module.depth_multiplier, padding_mode=dw.padding_mode,
-                  device=dw.weight.device, dtype=dw.weight.dtype)
-        new.depthwise = _eager_conv(dw)
-        new.pointwise = _eager_conv(module.pointwise)
-        report.append(Replacement(prefix, type(module).__name__, type(new).__name__))
-        return new.train(module.training)
-    if isinstance(module, (M.DepthwiseConv1d, M.DepthwiseConv2d, M.PointwiseConv1d,
-                           M.PointwiseConv2d)):
+        dw, pw = module.depthwise, module.pointwise
+        why = _why_not_eager(dw, True) or _why_not_eager(pw, True)
+        if why is None:
+            dims = 1 if isinstance(dw, nn.Conv1d) else 2
+            cls = (M.EagerDepthwiseSeparableDilatedConv1d if dims == 1
+                   else M.EagerDepthwiseSeparableDilatedConv2d)
+            new = cls(dw.in_channels, pw.out_channels, dw.kernel_size, dw.dilation, dw.padding,
+                      stride=dw.stride, bias=dw.bias is not None,
+                      depth_multiplier=dw.out_channels // dw.in_channels,
+                      padding_mode=dw.padding_mode, device="meta", dtype=dw.weight.dtype)
+            new.depthwise = _eager_conv(dw)
+            new.pointwise = _eager_conv(pw)
+            report.append(Replacement(prefix, name, type(new).__name__))
+            return _carry_hooks(module, new)
+        report.append(Replacement(prefix, name, "", f"left on Triton: {why}"))
+        return module
+    if isinstance(module, _OURS):
+        why = _why_not_eager(module)
+        if why is not None:
+            report.append(Replacement(prefix, name, "", f"left on Triton: {why}"))
+            return module
         new = _eager_conv(module)
-        report.append(Replacement(prefix, type(module).__name__, type(new).__name__))
+        report.append(Replacement(prefix, name, type(new).__name__))
         return new
-    names = list(module._modules)
-    if isinstance(module, nn.Sequential):
-        for a, b in zip(names, names[1:]):
-            sep = module._modules[a]
-            if (isinstance(sep, M._Separable) and getattr(sep, "_from_sequential", False)
-                    and isinstance(module._modules[b], nn.Identity)):
-                module._modules[a] = _eager_conv(sep.depthwise)
-                module._modules[b] = _eager_conv(sep.pointwise)
-                report.append(Replacement(f"{prefix}{'.' if prefix else ''}{a}+{b}",
-                                          type(sep).__name__, "Conv+Conv"))
-    for name in names:
-        child = module._modules[name]
-        if child is not None:
-            module._modules[name] = _to_eager(child, f"{prefix}{'.' if prefix else ''}{name}", report)
+    for child in list(module._modules):
+        sub = module._modules[child]
+        if sub is not None:
+            module._modules[child] = _to_eager(sub, _join(prefix, child), report)
+    if isinstance(module, FusedSequential):
+        new = nn.Sequential()
+        new._modules = module._modules
+        report.append(Replacement(prefix, name, "Sequential"))
+        return _carry_hooks(module, new)
     return module
 
 

@@ -12,7 +12,9 @@ whatever the padding.)
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
+
+from triton_dsd import shapes
 
 Pair = Union[int, Tuple[int, int]]
 
@@ -58,28 +60,23 @@ class LayerCost:
 
 def layer_cost(N: int, C: int, M: int, H: int, W: int, kernel_size: Pair, dilation: Pair = 1,
                stride: Pair = 1, padding: Union[str, Pair] = 0, depth_multiplier: int = 1,
-               bias: bool = True, dtype_bytes: int = 2) -> LayerCost:
+               bias: bool = True, dtype_bytes: int = 2,
+               pads: Optional[Sequence[int]] = None) -> LayerCost:
     """Parameters, multiply-adds and ideal bytes of one layer (2D; 1D is H = 1, KH = 1).
 
+    ``padding`` as the 2D layers take it, or ``pads`` = (top, bottom, left, right) explicitly
+    (``Problem.pads``; 1D problems have no vertical padding).
     Ideal bytes: every input read once and every output written once (weights included);
     the unfused pair also writes and reads the depthwise output z.
     """
     (kh, kw), (dh, dw), (sh, sw) = _pair(kernel_size), _pair(dilation), _pair(stride)
-    if isinstance(padding, str):
-        if padding == "valid":
-            pads = (0, 0, 0, 0)
-        elif padding == "same":
-            pads = (dh * (kh - 1), dw * (kw - 1))
-            pads = (pads[0] // 2, pads[0] - pads[0] // 2, pads[1] // 2, pads[1] - pads[1] // 2)
-        else:
-            raise ValueError(f"layer_cost: unknown `padding` {padding!r}")
-    else:
-        ph, pw = _pair(padding)
-        pads = (ph, ph, pw, pw)
-    oh = (H + pads[0] + pads[1] - dh * (kh - 1) - 1) // sh + 1
-    ow = (W + pads[2] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    if pads is None:
+        pads = shapes.resolve_padding(padding, (kh, kw), (sh, sw), (dh, dw), "layer_cost")
+    oh, ow = shapes.out_sizes((H, W), (kh, kw), (sh, sw), pads, (dh, dw))
     if oh < 1 or ow < 1:
-        raise ValueError(f"layer_cost: the output would be empty ({oh}x{ow})")
+        raise ValueError(f"layer_cost: the output would be empty ({oh}x{ow}): the dilated "
+                         f"kernel ({dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}) is larger than the "
+                         f"padded input")
     cm = C * depth_multiplier
     p_dw = cm * kh * kw + (cm if bias else 0)
     p_pw = cm * M + (M if bias else 0)

@@ -1,21 +1,31 @@
 """nn.Modules: they hold parameters and call the functional API (they never launch kernels).
 
 ``DepthwiseConv2d`` / ``DepthwiseConv1d`` are drop-ins for ``nn.Conv2d(C, C*m, k, groups=C, ...)``
-/ ``nn.Conv1d``: they subclass them, so constructor defaults, parameter names, shapes, init,
-``extra_repr`` and state_dicts are nn.Conv's own; only the forward computation differs.
+/ ``nn.Conv1d`` and ``PointwiseConv2d`` / ``PointwiseConv1d`` for ``nn.Conv2d(C, M, 1)``: they
+subclass them with the very same positional parameters, so constructor defaults, parameter
+names, shapes, init, ``extra_repr``, state_dicts and unbatched inputs are nn.Conv's own; only
+the forward computation differs.
+
+The separable layers keep the source article's positional order, ``(in_channels,
+out_channels, kernel_size, dilation, padding)``: code written for the article's class works
+unchanged. Everything else is keyword-only. Their forward is one fused kernel when both
+children are our own plain convs; when a child carries hooks, is wrapped or replaced (LoRA,
+quantisation, parametrizations), the layer calls through its children instead, so what was
+placed there runs.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_hooks
 
-from triton_dsd import _checks, functional as Fd
+from triton_dsd import _checks, functional as Fd, shapes
 
 
 def _check_depthwise_channels(cls: str, in_channels, out_channels, groups) -> None:
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        if not shapes.is_int(v) or v < 1:
             raise ValueError(f"{cls}: `{name}` must be a positive int; got {v!r}")
     if out_channels % in_channels != 0:
         raise ValueError(f"{cls}: `out_channels` ({out_channels}) must be a multiple of "
@@ -25,89 +35,123 @@ def _check_depthwise_channels(cls: str, in_channels, out_channels, groups) -> No
                          f"got `groups`={groups!r}")
 
 
+def _padded(conv: nn.Module, x: Tensor):
+    """(input, padding) as nn.Conv computes them: a non-'zeros' padding_mode pads first."""
+    if conv.padding_mode != "zeros":
+        return nn.functional.pad(x, conv._reversed_padding_repeated_twice,
+                                 mode=conv.padding_mode), 0
+    return x, conv.padding
+
+
 class DepthwiseConv2d(nn.Conv2d):
-    """Dilated depthwise 2D conv on the Triton kernels; a drop-in for
-    ``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups=in_channels, bias, padding_mode)``.
+    """Dilated depthwise 2D conv on the Triton kernels; a positional drop-in for
+    ``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype)``
+    with ``groups`` = in_channels (the default here; any other value is an error).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, bias: bool = True, padding_mode: str = "zeros", device=None,
-                 dtype=None, *, groups: Optional[int] = None) -> None:
+                 dilation=1, groups: Optional[int] = None, bias: bool = True,
+                 padding_mode: str = "zeros", device=None, dtype=None) -> None:
         _check_depthwise_channels(type(self).__name__, in_channels, out_channels, groups)
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, groups=in_channels, bias=bias,
-                         padding_mode=padding_mode, device=device, dtype=dtype)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         in_channels, bias, padding_mode, device=device, dtype=dtype)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         _checks.check_layer_input(type(self).__name__, input, self.in_channels, 2)
-        padding = self.padding
-        if self.padding_mode != "zeros":  # as nn.Conv2d: pad with the mode, then convolve
-            input = nn.functional.pad(input, self._reversed_padding_repeated_twice,
-                                      mode=self.padding_mode)
-            padding = 0
+        input, padding = _padded(self, input)
         return Fd.depthwise_conv2d(input, weight, bias, self.stride, padding, self.dilation)
 
 
 class DepthwiseConv1d(nn.Conv1d):
-    """Dilated depthwise 1D conv on the Triton kernels; a drop-in for
-    ``nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups=in_channels, bias, padding_mode)``.
+    """Dilated depthwise 1D conv on the Triton kernels; a positional drop-in for
+    ``nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype)``
+    with ``groups`` = in_channels.
 
     ``padding='causal'`` is accepted too (left pad dilation*(kernel_size-1), output length =
     input length), which nn.Conv1d does not have.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, bias: bool = True, padding_mode: str = "zeros", device=None,
-                 dtype=None, *, groups: Optional[int] = None) -> None:
+                 dilation=1, groups: Optional[int] = None, bias: bool = True,
+                 padding_mode: str = "zeros", device=None, dtype=None) -> None:
         _check_depthwise_channels(type(self).__name__, in_channels, out_channels, groups)
         causal = padding == "causal"
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
-                         padding=0 if causal else padding, dilation=dilation,
-                         groups=in_channels, bias=bias, padding_mode=padding_mode,
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         0 if causal else padding, dilation, in_channels, bias, padding_mode,
                          device=device, dtype=dtype)
         if causal:
             if self.stride[0] != 1:
                 raise ValueError(f"{type(self).__name__}: `padding`='causal' needs stride 1; "
                                  f"got stride {stride!r}")
             self.padding = "causal"
-            total = self.dilation[0] * (self.kernel_size[0] - 1)
-            self._reversed_padding_repeated_twice = [total, 0]
+            self._reversed_padding_repeated_twice = [
+                shapes.causal_pad(self.kernel_size[0], self.dilation[0]), 0]
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         _checks.check_layer_input(type(self).__name__, input, self.in_channels, 1)
-        padding = self.padding
-        if self.padding_mode != "zeros":
-            input = nn.functional.pad(input, self._reversed_padding_repeated_twice,
-                                      mode=self.padding_mode)
-            padding = 0
+        input, padding = _padded(self, input)
         return Fd.depthwise_conv1d(input, weight, bias, self.stride, padding, self.dilation)
 
 
-class PointwiseConv2d(nn.Conv2d):
-    """1x1 conv on the Triton GEMM; a drop-in for ``nn.Conv2d(in_channels, out_channels, 1)``."""
+def _check_pointwise_args(cls: str, kernel_size, stride, padding, dilation, groups) -> None:
+    """A pointwise conv is 1x1, stride 1, unpadded, ungrouped: anything else is an error."""
+    for name, v, ok in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                        ("dilation", dilation, 1), ("groups", groups, 1)):
+        vals = v if isinstance(v, (tuple, list)) else (v,)
+        if any(e != ok for e in vals):
+            raise ValueError(f"{cls}: a pointwise conv has `{name}`={ok}; got {v!r}")
+    vals = padding if isinstance(padding, (tuple, list)) else (padding,)
+    if not (padding in ("valid", "same") or all(e == 0 for e in vals)):
+        raise ValueError(f"{cls}: a pointwise conv has no `padding`; got {padding!r}")
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, device=None,
-                 dtype=None) -> None:
-        super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
+
+class _Pointwise:
+    """The body both pointwise drop-ins share (mixed in before nn.Conv2d / nn.Conv1d)."""
+
+    _n_spatial = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device=None, dtype=None) -> None:
+        _check_pointwise_args(type(self).__name__, kernel_size, stride, padding, dilation, groups)
+        super().__init__(in_channels, out_channels, 1, bias=bias, padding_mode=padding_mode,
+                         device=device, dtype=dtype)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        _checks.check_layer_input(type(self).__name__, input, self.in_channels, 2)
-        return Fd.pointwise_conv2d(input, weight, bias)
+        _checks.check_layer_input(type(self).__name__, input, self.in_channels, self._n_spatial)
+        fn = Fd.pointwise_conv2d if self._n_spatial == 2 else Fd.pointwise_conv1d
+        return fn(input, weight, bias)
 
 
-class PointwiseConv1d(nn.Conv1d):
-    """1x1 conv on the Triton GEMM; a drop-in for ``nn.Conv1d(in_channels, out_channels, 1)``."""
+class PointwiseConv2d(_Pointwise, nn.Conv2d):
+    """1x1 conv on the Triton GEMM; a positional drop-in for
+    ``nn.Conv2d(in_channels, out_channels, 1, 1, 0, 1, 1, bias, 'zeros', device, dtype)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, device=None,
-                 dtype=None) -> None:
-        super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
+    _n_spatial = 2
 
-    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        _checks.check_layer_input(type(self).__name__, input, self.in_channels, 1)
-        return Fd.pointwise_conv1d(input, weight, bias)
+
+class PointwiseConv1d(_Pointwise, nn.Conv1d):
+    """1x1 conv on the Triton GEMM; a positional drop-in for ``nn.Conv1d(in_channels, out_channels, 1)``."""
+
+    _n_spatial = 1
 
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _global_hooks() -> bool:
+    return bool(_module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks
+                or _module_hooks._global_backward_hooks
+                or _module_hooks._global_backward_pre_hooks)
+
+
+def plain_module(m: nn.Module, cls: type) -> bool:
+    """True if ``m`` is exactly ``cls`` and nothing would run around its forward: no forward,
+    pre-forward or backward hooks on it (or registered globally). Only then may a fused
+    kernel read its parameters instead of calling it."""
+    return (type(m) is cls and not m._forward_hooks and not m._forward_pre_hooks
+            and not m._backward_hooks and not getattr(m, "_backward_pre_hooks", None)
+            and not _global_hooks())
 
 
 def _check_separable(cls: str, n_spatial: int, in_channels, out_channels, kernel_size, dilation,
@@ -115,30 +159,19 @@ def _check_separable(cls: str, n_spatial: int, in_channels, out_channels, kernel
     """Constructor checks of the separable layers (ValueError naming the argument)."""
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
                     ("depth_multiplier", depth_multiplier)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        if not shapes.is_int(v) or v < 1:
             raise ValueError(f"{cls}: `{name}` must be a positive int; got {v!r}")
-    _checks.positive_tuple(cls, "kernel_size", kernel_size, n_spatial)
-    strides = _checks.positive_tuple(cls, "stride", stride, n_spatial)
-    _checks.positive_tuple(cls, "dilation", dilation, n_spatial)
+    shapes.positive_tuple(cls, "kernel_size", kernel_size, n_spatial)
+    strides = shapes.positive_tuple(cls, "stride", stride, n_spatial)
+    shapes.positive_tuple(cls, "dilation", dilation, n_spatial)
     if padding_mode not in _PADDING_MODES:
         raise ValueError(f"{cls}: `padding_mode` must be one of {_PADDING_MODES}; got "
                          f"{padding_mode!r}")
-    if isinstance(padding, str):
-        allowed = _checks.PADDING_STRINGS_1D if n_spatial == 1 else _checks.PADDING_STRINGS_2D
-        if padding not in allowed:
-            hint = " ('causal' is for 1D only)" if padding == "causal" else ""
-            raise ValueError(f"{cls}: `padding` must be an int, a tuple or one of {allowed}{hint}; "
-                             f"got {padding!r}")
-        if padding in ("same", "causal") and any(s != 1 for s in strides):
-            raise ValueError(f"{cls}: `padding`='{padding}' needs stride 1; got stride {stride!r}")
-    else:
-        pads = _checks.int_tuple(cls, "padding", padding, n_spatial)
-        if any(p < 0 for p in pads):
-            raise ValueError(f"{cls}: `padding` must be >= 0; got {padding!r}")
+    shapes.check_padding_spec(cls, padding, n_spatial, strides)
 
 
 class _Separable(nn.Module):
-    """Shared body of the Triton separable layers: .depthwise then .pointwise, one functional call."""
+    """Shared body of the Triton separable layers: .depthwise then .pointwise."""
 
     _n_spatial = 2
 
@@ -148,50 +181,61 @@ class _Separable(nn.Module):
         name = type(self).__name__
         _check_separable(name, self._n_spatial, in_channels, out_channels, kernel_size, dilation,
                          padding, stride, depth_multiplier, padding_mode)
-        dw_cls, pw_cls = ((DepthwiseConv2d, PointwiseConv2d) if self._n_spatial == 2
-                          else (DepthwiseConv1d, PointwiseConv1d))
+        dw_cls, pw_cls = self._classes()
         cm = in_channels * depth_multiplier
-        self.depthwise = dw_cls(in_channels, cm, kernel_size, stride=stride, padding=padding,
-                                dilation=dilation, bias=bias, padding_mode=padding_mode,
-                                device=device, dtype=dtype)
+        self.depthwise = dw_cls(in_channels, cm, kernel_size, stride, padding, dilation,
+                                bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.pointwise = pw_cls(cm, out_channels, bias=bias, device=device, dtype=dtype)
         self.fused = bool(fused)
+        # the configuration, as nn.Conv keeps its own (valid even when a child is wrapped)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.depth_multiplier = depth_multiplier
 
-    in_channels = property(lambda self: self.depthwise.in_channels)
-    out_channels = property(lambda self: self.pointwise.out_channels)
-    depth_multiplier = property(lambda self: self.depthwise.out_channels // self.depthwise.in_channels)
+    @classmethod
+    def _classes(cls):
+        return ((DepthwiseConv2d, PointwiseConv2d) if cls._n_spatial == 2
+                else (DepthwiseConv1d, PointwiseConv1d))
+
+    def fuses(self) -> bool:
+        """True if the forward runs as one fused kernel: ``fused`` is set and both children
+        are our own plain convs (no hooks, wrappers or replacements)."""
+        dw_cls, pw_cls = self._classes()
+        return (self.fused and plain_module(self.depthwise, dw_cls)
+                and plain_module(self.pointwise, pw_cls))
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.fuses():  # through the children: their hooks and wrappers run
+            return self.pointwise(self.depthwise(x))
         dw, pw = self.depthwise, self.pointwise
         _checks.check_layer_input(type(self).__name__, x, dw.in_channels, self._n_spatial)
-        padding = dw.padding
-        if dw.padding_mode != "zeros":
-            x = nn.functional.pad(x, dw._reversed_padding_repeated_twice, mode=dw.padding_mode)
-            padding = 0
+        x, padding = _padded(dw, x)
         fn = Fd.dsd_conv2d if self._n_spatial == 2 else Fd.dsd_conv1d
         return fn(x, dw.weight, dw.bias, pw.weight, pw.bias, dw.stride, padding, dw.dilation,
-                  fused=self.fused)
+                  fused=True)
 
     def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}"
         dw = self.depthwise
-        s = (f"{dw.in_channels}, {self.out_channels}, kernel_size={dw.kernel_size}, "
-             f"dilation={dw.dilation}, padding={dw.padding}, stride={dw.stride}")
+        if isinstance(dw, (nn.Conv1d, nn.Conv2d)):
+            s += (f", kernel_size={dw.kernel_size}, dilation={dw.dilation}, "
+                  f"padding={dw.padding}, stride={dw.stride}")
+            if dw.bias is None:
+                s += ", bias=False"
+            if dw.padding_mode != "zeros":
+                s += f", padding_mode={dw.padding_mode}"
         if self.depth_multiplier != 1:
             s += f", depth_multiplier={self.depth_multiplier}"
-        if dw.bias is None:
-            s += ", bias=False"
-        if dw.padding_mode != "zeros":
-            s += f", padding_mode={dw.padding_mode}"
         return s + f", fused={self.fused}"
 
 
 class DepthwiseSeparableDilatedConv2d(_Separable):
     """Depthwise-separable dilated 2D conv on the Triton kernels (fused forward by default).
 
-    The first five parameters are those of the source article's class, so code written for it
-    keeps working positionally; ``.depthwise`` / ``.pointwise`` hold its two convolutions'
-    parameters (state_dict keys ``depthwise.weight, depthwise.bias, pointwise.weight,
-    pointwise.bias``), initialised as nn.Conv2d initialises them.
+    Positional parameters are the source article's: ``(in_channels, out_channels,
+    kernel_size, dilation, padding)``. Note the 4th is the dilation, not the stride as in
+    nn.Conv2d; everything after ``padding`` is keyword-only. ``.depthwise`` / ``.pointwise``
+    hold the two convolutions' parameters (state_dict keys ``depthwise.weight, depthwise.bias,
+    pointwise.weight, pointwise.bias``), initialised as nn.Conv2d initialises them.
     """
 
     _n_spatial = 2
@@ -205,7 +249,9 @@ class DepthwiseSeparableDilatedConv2d(_Separable):
 
 class DepthwiseSeparableDilatedConv1d(_Separable):
     """Depthwise-separable dilated 1D conv (TCN / WaveNet / separable-conv speech and NLP
-    models) on the Triton kernels; ``padding='causal'`` pads dilation*(kernel_size-1) on the left."""
+    models) on the Triton kernels; ``padding='causal'`` pads dilation*(kernel_size-1) on the
+    left. Positional order as the 2D layer: ``(in_channels, out_channels, kernel_size,
+    dilation, padding)``."""
 
     _n_spatial = 1
 
@@ -239,29 +285,32 @@ class _EagerSeparable(nn.Module):
         if self.causal:
             dw = self.depthwise
             mode = "constant" if dw.padding_mode == "zeros" else dw.padding_mode
-            x = nn.functional.pad(x, (dw.dilation[0] * (dw.kernel_size[0] - 1), 0), mode=mode)
+            x = nn.functional.pad(x, (shapes.causal_pad(dw.kernel_size[0], dw.dilation[0]), 0),
+                                  mode=mode)
         return self.pointwise(self.depthwise(x))
 
 
 class EagerDepthwiseSeparableDilatedConv2d(_EagerSeparable):
-    """Eager PyTorch baseline with the constructor of :class:`DepthwiseSeparableDilatedConv2d`."""
+    """Eager PyTorch baseline with the constructor of :class:`DepthwiseSeparableDilatedConv2d`
+    (less ``fused``, which has no meaning here)."""
 
     _n_spatial = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, dilation=1, padding=0, *,
                  stride=1, bias: bool = True, depth_multiplier: int = 1,
-                 padding_mode: str = "zeros", fused: bool = True, device=None, dtype=None) -> None:
+                 padding_mode: str = "zeros", device=None, dtype=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, dilation, padding, stride, bias,
                          depth_multiplier, padding_mode, device, dtype)
 
 
 class EagerDepthwiseSeparableDilatedConv1d(_EagerSeparable):
-    """Eager PyTorch baseline with the constructor of :class:`DepthwiseSeparableDilatedConv1d`."""
+    """Eager PyTorch baseline with the constructor of :class:`DepthwiseSeparableDilatedConv1d`
+    (less ``fused``)."""
 
     _n_spatial = 1
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, dilation=1, padding=0, *,
                  stride=1, bias: bool = True, depth_multiplier: int = 1,
-                 padding_mode: str = "zeros", fused: bool = True, device=None, dtype=None) -> None:
+                 padding_mode: str = "zeros", device=None, dtype=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, dilation, padding, stride, bias,
                          depth_multiplier, padding_mode, device, dtype)

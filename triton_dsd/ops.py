@@ -13,12 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from triton_dsd import launch
+from triton_dsd import _runtime, launchers, shapes
+from triton_dsd.shapes import is_channels_last_2d
 
 
 def use_triton(x: Tensor) -> bool:
-    """The device policy: Triton for CUDA tensors, and for CPU tensors under the interpreter."""
-    return x.is_cuda or (x.device.type == "cpu" and launch.interpreting())
+    """The device policy: Triton for CUDA tensors, and for CPU tensors under the interpreter.
+
+    Raises :class:`~triton_dsd._runtime.InterpreterFlagChanged` if TRITON_INTERPRET changed
+    after import (the kernels were defined for the other mode)."""
+    _runtime.check_interpreter_flag()
+    return x.is_cuda or (x.device.type == "cpu" and _runtime.INTERPRET)
 
 
 def _require_triton(x: Tensor) -> None:
@@ -30,7 +35,43 @@ def _require_triton(x: Tensor) -> None:
 
 
 def _out_hw(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tuple[int, int]:
-    return launch.out_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return shapes.out_sizes(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+
+
+def autocast_args(*tensors):
+    """Cast as autocast casts a convolution's arguments: under ``torch.autocast`` on the first
+    tensor's device, floating tensors other than float64 go to the autocast dtype. Used by the
+    functional API (before its checks) and by the ops' own Autocast kernels (below)."""
+    x = tensors[0]
+    if not isinstance(x, Tensor):
+        return tensors
+    dev = x.device.type
+    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
+        return tensors
+    dtype = torch.get_autocast_dtype(dev)
+    return tuple(t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point()
+                 and t.dtype != torch.float64 else t for t in tensors)
+
+
+_LIB = torch.library.Library("triton_dsd", "FRAGMENT")
+
+
+def _register_autocast(op) -> None:
+    """An Autocast kernel (CUDA and CPU) for a forward op: cast with :func:`autocast_args` at
+    the autocast dtype of the moment (bf16 or fp16), then run the op with autocast off, as
+    PyTorch does for its own convolutions. (``torch.library.register_autocast`` would fix one
+    dtype at registration.)"""
+    name = op._name
+    for dev in ("cuda", "cpu"):
+        key = "Autocast" + torch._C._dispatch_key_for_device(dev)
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(_keyset, *args, _excluded=excluded):
+            args = autocast_args(*args)
+            with torch._C._ExcludeDispatchKeyGuard(_excluded):
+                return op(*args)
+
+        _LIB.impl(name, kernel, key, with_keyset=True)
 
 
 def _fake_like(x: Tensor, shape: Sequence[int], channels_last: bool) -> Tensor:
@@ -46,14 +87,14 @@ def depthwise_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Lis
                   padding: List[int], dilation: List[int], deterministic: bool) -> Tensor:
     """Dilated depthwise conv forward (``deterministic`` is for the backward)."""
     _require_triton(x)
-    return launch.depthwise_fwd(x, weight, bias, stride, padding, dilation,
-                                launch.is_channels_last_2d(x))
+    return launchers.depthwise_fwd(x, weight, bias, stride, padding, dilation,
+                                is_channels_last_2d(x))
 
 
 @depthwise_fwd.register_fake
 def _(x, weight, bias, stride, padding, dilation, deterministic):
     oh, ow = _out_hw(x, weight, stride, padding, dilation)
-    return _fake_like(x, (x.shape[0], weight.shape[0], oh, ow), launch.is_channels_last_2d(x))
+    return _fake_like(x, (x.shape[0], weight.shape[0], oh, ow), is_channels_last_2d(x))
 
 
 @torch.library.custom_op("triton_dsd::depthwise_bwd_input", mutates_args=())
@@ -61,13 +102,13 @@ def depthwise_bwd_input(grad: Tensor, weight: Tensor, x: Tensor, stride: List[in
                         padding: List[int], dilation: List[int]) -> Tensor:
     """dx of the depthwise conv (``x`` gives shape and memory format only)."""
     _require_triton(grad)
-    return launch.depthwise_bwd_input(grad, weight, x, stride, padding, dilation,
-                                      launch.is_channels_last_2d(x))
+    return launchers.depthwise_bwd_input(grad, weight, x, stride, padding, dilation,
+                                      is_channels_last_2d(x))
 
 
 @depthwise_bwd_input.register_fake
 def _(grad, weight, x, stride, padding, dilation):
-    return _fake_like(x, x.shape, launch.is_channels_last_2d(x)).to(grad.dtype)
+    return _fake_like(x, x.shape, is_channels_last_2d(x)).to(grad.dtype)
 
 
 @torch.library.custom_op("triton_dsd::depthwise_bwd_weight", mutates_args=())
@@ -76,7 +117,7 @@ def depthwise_bwd_weight(grad: Tensor, x: Tensor, weight: Tensor, stride: List[i
                          deterministic: bool) -> Tuple[Tensor, Tensor]:
     """(dw, db) of the depthwise conv; db is empty unless ``need_bias``."""
     _require_triton(grad)
-    return launch.depthwise_bwd_weight(grad, x, weight, stride, padding, dilation, need_bias,
+    return launchers.depthwise_bwd_weight(grad, x, weight, stride, padding, dilation, need_bias,
                                        deterministic)
 
 
@@ -114,6 +155,7 @@ def _depthwise_backward(ctx, grad):
 
 
 depthwise_fwd.register_autograd(_depthwise_backward, setup_context=_depthwise_setup)
+_register_autocast(depthwise_fwd)
 
 
 def _eager_depthwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding,
@@ -139,25 +181,25 @@ def depthwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequenc
 def pointwise_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], deterministic: bool) -> Tensor:
     """1x1 conv forward, a Triton GEMM (``deterministic`` is for the backward)."""
     _require_triton(x)
-    return launch.pointwise_fwd(x, weight, bias, launch.is_channels_last_2d(x))
+    return launchers.pointwise_fwd(x, weight, bias, is_channels_last_2d(x))
 
 
 @pointwise_fwd.register_fake
 def _(x, weight, bias, deterministic):
-    return _fake_like(x, (x.shape[0], weight.shape[0], *x.shape[2:]), launch.is_channels_last_2d(x))
+    return _fake_like(x, (x.shape[0], weight.shape[0], *x.shape[2:]), is_channels_last_2d(x))
 
 
 @torch.library.custom_op("triton_dsd::pointwise_bwd_input", mutates_args=())
 def pointwise_bwd_input(grad: Tensor, weight: Tensor, x: Tensor) -> Tensor:
     """dx of a 1x1 conv (``x`` gives the memory format only)."""
     _require_triton(grad)
-    return launch.pointwise_bwd_input(grad, weight, launch.is_channels_last_2d(x))
+    return launchers.pointwise_bwd_input(grad, weight, is_channels_last_2d(x))
 
 
 @pointwise_bwd_input.register_fake
 def _(grad, weight, x):
     return _fake_like(grad, (grad.shape[0], weight.shape[1], *grad.shape[2:]),
-                      launch.is_channels_last_2d(x))
+                      is_channels_last_2d(x))
 
 
 @torch.library.custom_op("triton_dsd::pointwise_bwd_weight", mutates_args=())
@@ -165,7 +207,7 @@ def pointwise_bwd_weight(grad: Tensor, x: Tensor, weight: Tensor, need_bias: boo
                          deterministic: bool) -> Tuple[Tensor, Tensor]:
     """(dW, db) of a 1x1 conv; db is empty unless ``need_bias``."""
     _require_triton(grad)
-    return launch.pointwise_bwd_weight(grad, x, weight, need_bias, deterministic)
+    return launchers.pointwise_bwd_weight(grad, x, weight, need_bias, deterministic)
 
 
 @pointwise_bwd_weight.register_fake
@@ -200,6 +242,7 @@ def _pointwise_grads(grad, z, weight, need_z, need_w, need_b, deterministic):
 
 
 pointwise_fwd.register_autograd(_pointwise_backward, setup_context=_pointwise_setup)
+_register_autocast(pointwise_fwd)
 
 
 def pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], deterministic: bool) -> Tensor:
@@ -216,14 +259,14 @@ def dsd_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: 
             dilation: List[int], deterministic: bool) -> Tensor:
     """The whole separable layer in ONE kernel launch; the depthwise output never leaves the chip."""
     _require_triton(x)
-    return launch.dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
-                          launch.is_channels_last_2d(x))
+    return launchers.dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+                          is_channels_last_2d(x))
 
 
 @dsd_fwd.register_fake
 def _(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, deterministic):
     oh, ow = _out_hw(x, dw_weight, stride, padding, dilation)
-    return _fake_like(x, (x.shape[0], pw_weight.shape[0], oh, ow), launch.is_channels_last_2d(x))
+    return _fake_like(x, (x.shape[0], pw_weight.shape[0], oh, ow), is_channels_last_2d(x))
 
 
 def _dsd_setup(ctx, inputs, output):
@@ -251,6 +294,7 @@ def _dsd_backward(ctx, grad):
 
 
 dsd_fwd.register_autograd(_dsd_backward, setup_context=_dsd_setup)
+_register_autocast(dsd_fwd)
 
 
 def dsd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,

@@ -8,7 +8,6 @@ provider, the eager baseline always drawn, the roofline as a dashed line, and a 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter, defaultdict
 from typing import Dict, List, Optional, Sequence
 
@@ -17,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from triton_dsd import cost  # noqa: E402
+from triton_dsd import _io, bench, cost  # noqa: E402
 
 AXES = ("K", "dilation", "C")
 STYLE = {
@@ -31,18 +30,12 @@ STYLE = {
 
 
 def _save(fig, path: str) -> str:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".png")
-    os.close(fd)
+    """Write a figure atomically, with the umask's permissions (``_io.atomic_write``)."""
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        return _io.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120,
+                                                            bbox_inches="tight"), binary=True)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _slug(s: str) -> str:
@@ -55,12 +48,7 @@ def _roofline(row: dict, op: str, mode: str) -> Optional[float]:
         dev = cost.device_for(row["gpu_name"])
     except KeyError:
         return None
-    n, c, m, h, w, k, d, s = (int(row[x]) for x in ("N", "C", "M", "H", "W", "K", "dilation", "stride"))
-    kern = (k, k) if h > 1 else (1, k)
-    dil = (d, d) if h > 1 else (1, d)
-    st = (s, s) if h > 1 else (1, s)
-    pad = "same" if s == 1 else ((dil[0] * (kern[0] - 1)) // 2, (dil[1] * (kern[1] - 1)) // 2)
-    lc = cost.layer_cost(n, c, m, h, w, kern, dil, st, pad, 1, True, 2 if "16" in row["dtype"] else 4)
+    lc = bench.problem_of(row).cost()
     floor_s = cost.roofline_ms(lc, op, mode, dev) / 1e3
     b, fv, fm = cost.op_work(lc, op, mode)
     return b / floor_s / 1e9 if op == "depthwise" else (fv + fm) / floor_s / 1e12
@@ -69,13 +57,13 @@ def _roofline(row: dict, op: str, mode: str) -> Optional[float]:
 def figures(rows: Sequence[dict], out_dir: str, label: str = "") -> List[str]:
     """Every figure the rows support; returns the written paths."""
     groups: Dict[tuple, List[dict]] = defaultdict(list)
-    for r in rows:
-        groups[(r["gpu_name"], r["op"], r["mode"], r["dtype"], r["layout"])].append(r)
+    for r in rows:  # 1D and 2D rows are separate figures
+        groups[(r["gpu_name"], r["op"], r["mode"], r["dtype"], r["layout"], str(r["dim"]))].append(r)
     written = []
-    for (gpu, op, mode, dtype, layout), rs in groups.items():
+    for (gpu, op, mode, dtype, layout, dim), rs in groups.items():
         metric, unit = ("gb_s", "GB/s") if op == "depthwise" else ("tflop_s", "TFLOP/s")
         for axis in AXES:
-            others = [a for a in ("N", "C", "M", "H", "W", "K", "dilation", "stride") if a != axis]
+            others = [a for a in bench.SIZE_COLUMNS if a != axis]
             # hold the other sizes at their most common values
             fixed = {a: Counter(r[a] for r in rs).most_common(1)[0][0] for a in others}
             sel = [r for r in rs if all(r[a] == fixed[a] for a in others)]
@@ -114,9 +102,11 @@ def figures(rows: Sequence[dict], out_dir: str, label: str = "") -> List[str]:
                 ax2.set_xscale("log", base=2)
             ax2.set_xticks(xs)
             ax2.set_xticklabels([str(x) for x in xs])
-            fixed_txt = ", ".join(f"{a}={fixed[a]}" for a in others if a in ("N", "C", "M", "H", "W", "K", "dilation") )
-            ax.set_title(f"{label}{op} {mode} on {gpu}, {dtype}, {layout}\n{fixed_txt}", fontsize=10)
-            name = f"{_slug(gpu)}_{op}_{_slug(mode)}_{dtype}_{layout}_vs_{axis}.png"
+            fixed_txt = ", ".join(f"{a}={fixed[a]}" for a in others
+                                  if a != "H" or dim == "2")
+            ax.set_title(f"{label}{op} {mode} on {gpu}, {dim}D, {dtype}, {layout}\n{fixed_txt}",
+                         fontsize=10)
+            name = f"{_slug(gpu)}_{op}_{_slug(mode)}_{dim}d_{dtype}_{layout}_vs_{axis}.png"
             written.append(_save(fig, os.path.join(out_dir, name)))
     return written
 

@@ -1,13 +1,14 @@
 """Reliability checks run by the GPU script (and, scaled down, on CPU): tensors past 2^31
 elements, and bit-identical weight gradients on the deterministic path.
 
-    python -m triton_dsd.checks [--out DIR]
+    python -m triton_dsd.reliability [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Dict, List
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import triton_dsd
-from triton_dsd import launch
+from triton_dsd import _runtime, launchers
 
 INT32_MAX = 2**31 - 1
 
@@ -37,7 +38,7 @@ def _strided_huge(device: str, dtype=torch.float16) -> torch.Tensor:
 def large_offsets_small_grid(device: str) -> Dict[str, object]:
     """Every stage on a view whose addresses pass 2^31 elements (few programs)."""
     x = _strided_huge(device)
-    assert launch._needs_int64(x)
+    assert launchers.needs_int64(x)
     g = torch.Generator().manual_seed(1)
     w = torch.randn(2, 1, 3, 3, generator=g).to(x.dtype).to(device)
     pw = torch.randn(3, 2, 1, 1, generator=g).to(x.dtype).to(device)
@@ -112,14 +113,14 @@ def determinism(device: str, runs: int = 10) -> Dict[str, object]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m triton_dsd.checks")
+    ap = argparse.ArgumentParser(prog="python -m triton_dsd.reliability")
     ap.add_argument("--out", default=None, help="write checks.json here")
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not launch.interpreting():
-        os.environ["TRITON_INTERPRET"] = "1"
-        import subprocess
-        return subprocess.call([sys.executable, "-m", "triton_dsd.checks", *(argv or sys.argv[1:])])
+    if device == "cpu" and not _runtime.INTERPRET:  # the interpreter must be on before import
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        return subprocess.call([sys.executable, "-m", "triton_dsd.reliability",
+                                *(sys.argv[1:] if argv is None else argv)], env=env)
     res = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu_interpreter"}
     for name, fn in (("large_offsets_small_grid", lambda: large_offsets_small_grid(device)),
                      ("large_tensor_gpu", large_tensor_gpu if device == "cuda" else None),

@@ -1,0 +1,329 @@
+"""Launchers: grids, strides, output allocation, one per kernel family. Never the math.
+
+Every launcher takes 4D tensors (N, C, H, W); 1D problems arrive as (N, C, 1, L) views.
+``pads`` is always (top, bottom, left, right). The config comes from :func:`dispatch.run`
+(or ``cfg``, when the tuner passes one); launches go through :func:`_runtime.launch`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from triton_dsd import _runtime, dispatch, registry, shapes
+
+_INT32_MAX = 2**31 - 1
+_F = registry.FAMILIES
+
+
+def _contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """An optional vector (a bias) as the kernels read it: contiguous, or None."""
+    return None if t is None else t.contiguous()
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """True if an element offset of any tensor can pass int32 (computed from sizes and strides)."""
+    for t in tensors:
+        span = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
+        if span + 1 > _INT32_MAX or t.numel() > _INT32_MAX:
+            return True
+    return False
+
+
+def acc_dtype(dtype: torch.dtype):
+    """The kernels' accumulator: fp64 for fp64 tensors, fp32 otherwise."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _tiles(OH: int, OW: int, cfg: dict) -> Tuple[int, int]:
+    return triton.cdiv(OH, cfg["BLOCK_H"]), triton.cdiv(OW, cfg["BLOCK_W"])
+
+
+def _geometry(stride, pads, dilation, K):
+    (sh, sw), (dh, dw), (kh, kw) = stride, dilation, K
+    # the kernels take the top/left padding; the bottom/right one only shapes the output
+    return dict(KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw), (pads[0], pads[2])
+
+
+def out_hw(HW: Sequence[int], K: Sequence[int], stride: Sequence[int], pads: Sequence[int],
+           dilation: Sequence[int]) -> Tuple[int, int]:
+    """Output (OH, OW) of a conv over (H, W); pads = (top, bottom, left, right)."""
+    return shapes.out_sizes(HW, K, stride, pads, dilation)
+
+
+# --------------------------------------------------------------------------- depthwise
+def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  stride: Sequence[int], pads: Sequence[int], dilation: Sequence[int],
+                  channels_last: bool, cfg: Optional[dict] = None) -> torch.Tensor:
+    """y = depthwise(x)."""
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = weight.shape
+    OH, OW = out_hw((H, W), (KH, KW), stride, pads, dilation)
+    y = _runtime.new_output((N, C_out, OH, OW), x, channels_last)
+    if y.numel() == 0:
+        return y
+    geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
+    bias = _contiguous(bias)
+    fam = _F["depthwise_fwd"]
+
+    def run(c):
+        n_th, n_tw = _tiles(OH, OW, c)
+        n_cb = triton.cdiv(C_out, c["BLOCK_C"])
+        _runtime.launch(fam.kernel, (N * n_th * n_tw * n_cb,),
+               x, weight, bias, y, C_out, H, W, OH, OW, n_th, n_tw, n_cb,
+               *x.stride(), *weight.stride()[:1], *weight.stride()[2:], *y.stride(), pt, pl,
+               MULT=C_out // C_in, HAS_BIAS=bias is not None, IDX64=needs_int64(x, y),
+               ACC=acc_dtype(x.dtype), **geo, **c)
+        return y
+
+    fields = fam.key(C_out, OH, OW, (KH, KW), stride, dilation, C_out // C_in, channels_last)
+    return dispatch.run(fam.name, fields, x, run, cfg)
+
+
+def depthwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
+                        stride: Sequence[int], pads: Sequence[int], dilation: Sequence[int],
+                        channels_last: bool, cfg: Optional[dict] = None) -> torch.Tensor:
+    """dx of the depthwise stage; ``x`` gives the shape (and nothing else is read from it)."""
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = weight.shape
+    OH, OW = grad.shape[2:]
+    dx = _runtime.new_output((N, C_in, H, W), x, channels_last, dtype=grad.dtype)
+    if dx.numel() == 0:
+        return dx
+    geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
+    fam = _F["depthwise_bwd_input"]
+
+    def run(c):
+        n_th, n_tw = _tiles(H, W, c)
+        n_cb = triton.cdiv(C_in, c["BLOCK_C"])
+        _runtime.launch(fam.kernel, (N * n_th * n_tw * n_cb,),
+               grad, weight, dx, C_in, H, W, OH, OW, n_th, n_tw, n_cb,
+               *grad.stride(), *weight.stride()[:1], *weight.stride()[2:], *dx.stride(), pt, pl,
+               MULT=C_out // C_in, IDX64=needs_int64(grad, dx), ACC=acc_dtype(x.dtype),
+               **geo, **c)
+        return dx
+
+    fields = fam.key(C_in, H, W, (KH, KW), stride, dilation, C_out // C_in, channels_last)
+    return dispatch.run(fam.name, fields, grad, run, cfg)
+
+
+def splitk_finish(part: torch.Tensor, out: torch.Tensor) -> None:
+    """out[r, c] = sum_s part[s, r, c] in a fixed order, cast to out's dtype (any strides)."""
+    S, R, C = part.shape
+    block_r = min(_pow2(R), 64)
+    block_c = min(_pow2(C), 128)
+    n_cb = triton.cdiv(C, block_c)
+    _runtime.launch(registry.FINISH_KERNEL, (triton.cdiv(R, block_r) * n_cb,),
+           part, out, S, R, C, n_cb, *part.stride(), *out.stride(),
+           ACC=acc_dtype(part.dtype), BLOCK_R=block_r, BLOCK_C=block_c)
+
+
+def reduction_splits(total_tiles: int, c_blocks: int, device: torch.device) -> Tuple[int, int]:
+    """(n_splits, tiles per split) of a split reduction: about four waves of programs on the
+    GPU (a few splits under the interpreter), at most 65535 splits (grid axis 1)."""
+    if total_tiles == 0:
+        return 1, 1
+    target = 4 * _runtime.num_sms(device) if device.type == "cuda" else 3
+    n_splits = max(1, min(total_tiles, triton.cdiv(target, c_blocks), 65535))
+    per_split = triton.cdiv(total_tiles, n_splits)
+    return triton.cdiv(total_tiles, per_split), per_split
+
+
+def depthwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         stride: Sequence[int], pads: Sequence[int], dilation: Sequence[int],
+                         need_bias: bool, deterministic: bool,
+                         cfg: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(dw, db) of the depthwise stage; db is an empty tensor when ``need_bias`` is False."""
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = weight.shape
+    OH, OW = grad.shape[2:]
+    dw = _runtime.new_output((C_out, 1, KH, KW), weight, False, dtype=grad.dtype)
+    db = _runtime.new_output((C_out, 1, 1, 1), weight, False, dtype=grad.dtype).view(C_out) if need_bias \
+        else grad.new_empty((0,))
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n_rows, T = KH * KW + 1, KH * KW
+    channels_last = shapes.is_channels_last_2d(grad)
+    geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
+    fam = _F["depthwise_bwd_weight"]
+
+    def run(c):
+        n_th, n_tw = _tiles(OH, OW, c)
+        total_tiles = N * n_th * n_tw
+        c_blocks = triton.cdiv(C_out, c["BLOCK_C"])
+        n_splits, per_split = reduction_splits(total_tiles, c_blocks, x.device)
+        if deterministic:  # a row of partial sums per split, summed in order below
+            part = torch.empty((n_splits, n_rows, C_out), dtype=acc, device=x.device)
+        else:  # every split adds into one row with atomics
+            part = torch.zeros((1, n_rows, C_out), dtype=acc, device=x.device)
+        if total_tiles > 0:
+            _runtime.launch(fam.kernel, (c_blocks, n_splits),
+                   x, grad, part, C_out, H, W, OH, OW, n_th, n_tw, total_tiles, per_split,
+                   *x.stride(), *grad.stride(), pt, pl,
+                   MULT=C_out // C_in, HAS_BIAS=need_bias, ATOMIC=not deterministic,
+                   IDX64=needs_int64(x, grad), ACC=acc_dtype(x.dtype), **geo, **c)
+        else:
+            part.zero_()
+        splitk_finish(part[:, :T, :], dw.view(C_out, T).t())
+        if need_bias:
+            splitk_finish(part[:, T:, :], db.view(1, C_out))
+        return dw, db
+
+    fields = fam.key(C_out, OH, OW, (KH, KW), stride, dilation, C_out // C_in, channels_last)
+    return dispatch.run(fam.name, fields, grad, run, cfg)
+
+
+# --------------------------------------------------------------------------- pointwise / fused
+def allow_tf32(dtype: torch.dtype) -> bool:
+    """fp32 GEMMs use TF32 exactly when eager convolutions do (cuDNN's flag, default True)."""
+    return dtype == torch.float32 and bool(torch.backends.cudnn.allow_tf32)
+
+
+def _pixel_addressing(t: torch.Tensor) -> Tuple[int, int, int, bool]:
+    """(W, stride_h, stride_w, PIX_2D) for a 4D map: PIX_2D is False when the (H, W) axes
+    flatten into one pixel axis of stride ``stride_w`` (NCHW, channels_last, 1D views)."""
+    _, _, H, W = t.shape
+    sh, sw = t.stride(2), t.stride(3)
+    if H == 1:
+        return W, sh, sw, False
+    if W == 1:
+        return W, sh, sh, False
+    return W, sh, sw, sh != W * sw
+
+
+def _fold_batch(P: int, *maps: Tuple[torch.Tensor, int]) -> bool:
+    """True if every (map, pixel stride) continues its pixel axis across the batch (channels_last
+    contiguous maps): the GEMM then runs over N*P pixels as one image."""
+    return all(t.shape[0] == 1 or t.stride(0) == P * ps for t, ps in maps)
+
+
+def _gemm(x: torch.Tensor, w_mk: Tuple[int, int, int, int], w: torch.Tensor,
+          bias: Optional[torch.Tensor], out_channels_last: bool,
+          cfg: Optional[dict]) -> torch.Tensor:
+    """y[n, m, p] = sum_k x[n, k, p] * w[m, k] (+ b[m]); w_mk = (M, K, stride_m, stride_k) of w."""
+    N, K, H, W = x.shape
+    M, _, swm, swk = w_mk
+    P = H * W
+    y = _runtime.new_output((N, M, H, W), x, out_channels_last)
+    if y.numel() == 0:
+        return y
+    w_pix, sxh, sxw, pix2d = _pixel_addressing(x)
+    syp = y.stride(3) if W > 1 else y.stride(2)
+    n_eff, p_eff = N, P
+    if not pix2d and _fold_batch(P, (x, sxw), (y, syp)):
+        n_eff, p_eff = 1, N * P
+    bias = _contiguous(bias)
+    fam = _F["pointwise_fwd"]
+
+    def run(c):
+        n_pb, n_mb = triton.cdiv(p_eff, c["BLOCK_P"]), triton.cdiv(M, c["BLOCK_M"])
+        _runtime.launch(fam.kernel, (n_eff * n_pb * n_mb,),
+               x, w, bias, y, K, M, p_eff, w_pix, n_pb, n_mb,
+               x.stride(0), x.stride(1), sxh, sxw, swm, swk, y.stride(0), y.stride(1), syp,
+               HAS_BIAS=bias is not None, PIX_2D=pix2d, ALLOW_TF32=allow_tf32(x.dtype),
+               IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype), **c)
+        return y
+
+    fields = fam.key(p_eff, M, K, shapes.is_channels_last_2d(x))
+    return dispatch.run(fam.name, fields, x, run, cfg)
+
+
+def pointwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  channels_last: bool, cfg: Optional[dict] = None) -> torch.Tensor:
+    """y = 1x1 conv of x (N, K, H, W) with weight (M, K, 1, 1)."""
+    M, K = weight.shape[:2]
+    return _gemm(x, (M, K, weight.stride(0), weight.stride(1)), weight, bias, channels_last, cfg)
+
+
+def pointwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, channels_last: bool,
+                        cfg: Optional[dict] = None) -> torch.Tensor:
+    """dx[n, k, p] = sum_m dy[n, m, p] * W[m, k]: the forward GEMM with W transposed."""
+    M, K = weight.shape[:2]
+    return _gemm(grad, (K, M, weight.stride(1), weight.stride(0)), weight, None, channels_last, cfg)
+
+
+def pointwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         need_bias: bool, deterministic: bool,
+                         cfg: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(dW (M, K, 1, 1), db (M,)) of a 1x1 conv; db is empty unless ``need_bias``."""
+    N, K, H, W = x.shape
+    M = grad.shape[1]
+    P = H * W
+    dw = _runtime.new_output((M, K, 1, 1), weight, False, dtype=grad.dtype)
+    db = _runtime.new_output((M, 1, 1, 1), weight, False, dtype=grad.dtype).view(M) if need_bias \
+        else grad.new_empty((0,))
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if not (grad.shape[3] == 1 or grad.stride(2) == grad.shape[3] * grad.stride(3)):
+        grad = grad.contiguous()  # rare (an expanded/strided gradient): give it a pixel axis
+    w_pix, sxh, sxw, pix2d = _pixel_addressing(x)
+    sdp = grad.stride(3) if W > 1 else grad.stride(2)
+    n_eff, p_eff = N, P
+    if not pix2d and _fold_batch(P, (x, sxw), (grad, sdp)):
+        n_eff, p_eff = 1, N * P
+    fam = _F["pointwise_bwd_weight"]
+
+    def run(c):
+        n_pb = triton.cdiv(p_eff, c["BLOCK_P"])
+        n_mb, n_kb = triton.cdiv(M, c["BLOCK_M"]), triton.cdiv(K, c["BLOCK_K"])
+        total = n_eff * n_pb
+        n_splits, per_split = reduction_splits(total, n_mb * n_kb, x.device)
+        rows = n_splits if deterministic else 1
+        alloc = torch.empty if deterministic else torch.zeros
+        part_w = alloc((rows, M, K), dtype=acc, device=x.device)
+        part_b = alloc((rows, M), dtype=acc, device=x.device) if need_bias else None
+        if total > 0 and M > 0 and K > 0:
+            _runtime.launch(fam.kernel, (n_mb * n_kb, n_splits),
+                   x, grad, part_w, part_b, K, M, p_eff, w_pix, n_pb, total, per_split, n_kb,
+                   x.stride(0), x.stride(1), sxh, sxw, grad.stride(0), grad.stride(1), sdp,
+                   HAS_BIAS=need_bias, ATOMIC=not deterministic, PIX_2D=pix2d,
+                   ALLOW_TF32=allow_tf32(x.dtype), IDX64=needs_int64(x, grad),
+                   ACC=acc_dtype(x.dtype), **c)
+        else:
+            part_w.zero_()
+            if need_bias:
+                part_b.zero_()
+        splitk_finish(part_w, dw.view(M, K))
+        if need_bias:
+            splitk_finish(part_b.unsqueeze(2), db.view(M, 1))
+        return dw, db
+
+    fields = fam.key(p_eff, M, K, shapes.is_channels_last_2d(x))
+    return dispatch.run(fam.name, fields, x, run, cfg)
+
+
+def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
+            pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], stride: Sequence[int],
+            pads: Sequence[int], dilation: Sequence[int], channels_last: bool,
+            cfg: Optional[dict] = None) -> torch.Tensor:
+    """y = pointwise(depthwise(x)) in ONE launch; the depthwise output stays on chip."""
+    N, C, H, W = x.shape
+    CM, _, KH, KW = dw_weight.shape
+    M = pw_weight.shape[0]
+    OH, OW = out_hw((H, W), (KH, KW), stride, pads, dilation)
+    y = _runtime.new_output((N, M, OH, OW), x, channels_last)
+    if y.numel() == 0:
+        return y
+    geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
+    syp = y.stride(3) if OW > 1 else y.stride(2)
+    dw_bias, pw_bias = _contiguous(dw_bias), _contiguous(pw_bias)
+    fam = _F["dsd_fwd"]
+
+    def run(c):
+        n_pb, n_mb = triton.cdiv(OH * OW, c["BLOCK_P"]), triton.cdiv(M, c["BLOCK_M"])
+        _runtime.launch(fam.kernel, (N * n_pb * n_mb,),
+               x, dw_weight, dw_bias, pw_weight, pw_bias, y,
+               CM, M, H, W, OH, OW, n_pb, n_mb,
+               *x.stride(), *dw_weight.stride()[:1], *dw_weight.stride()[2:],
+               pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
+               MULT=CM // C, HAS_DW_BIAS=dw_bias is not None,
+               HAS_PW_BIAS=pw_bias is not None, ALLOW_TF32=allow_tf32(x.dtype),
+               IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype), **geo, **c)
+        return y
+
+    fields = fam.key(CM, M, OH, OW, (KH, KW), stride, dilation, CM // C, channels_last)
+    return dispatch.run(fam.name, fields, x, run, cfg)
