@@ -247,7 +247,8 @@ def test_tune_cli_end_to_end_and_resume(tmp_path, capsys, fresh_dispatch):
             if not f.endswith(".json")]
     assert left == [], left  # no lock or temporary files left behind
     # the offline report compiles every stored config too (a GPU compile: not interpreted)
-    env = dict(ENV_NO_INTERP, TRITON_DSD_CONFIG_DIR=str(tmp_path))
+    env = dict(ENV_NO_INTERP, TRITON_DSD_CONFIG_DIR=str(tmp_path),
+               XDG_CACHE_HOME=str(tmp_path / "empty_cache"))
     rep = subprocess.run([sys.executable, "-m", "triton_dsd.cli", "inspect", "--arch", "90",
                           "--json", "--stored-only"], capture_output=True, text=True, env=env,
                          timeout=900)
