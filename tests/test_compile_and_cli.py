@@ -116,3 +116,30 @@ def test_spills_are_detected_in_a_real_cubin():
     assert stats["stack_bytes"] > 0 and stats["ldl_stl"] > 0, stats
     from triton_dsd.compile_report import Row
     assert not Row("dsd_fwd_kernel", "spill", 90, **stats).ok
+
+
+def test_a_malformed_stored_key_is_a_failing_row_not_a_traceback(tmp_path):
+    """inspect compiles every stored config the lookup can read; one whose key describes no
+    problem is reported as an error row (exit 1), not a crash."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import triton
+    from triton_dsd import store
+    from helpers import ENV_NO_INTERP
+    path = store.file_path(str(tmp_path), "depthwise_fwd", "gpu", "bfloat16")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump(dict(schema=1, kernel="depthwise_fwd", device_name="gpu", dtype="bfloat16",
+                       triton_version=triton.__version__,
+                       configs={"layout=cl,nonsense=1": dict(BLOCK_H=1, BLOCK_W=16, BLOCK_C=64,
+                                                             num_warps=4)}), f)
+    env = dict(ENV_NO_INTERP, TRITON_DSD_CONFIG_DIR=str(tmp_path),
+               XDG_CACHE_HOME=str(tmp_path / "empty_cache"))
+    out = subprocess.run([sys.executable, "-m", "triton_dsd.cli", "inspect", "--arch", "90",
+                          "--stored-only", "--json"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    rows = json.loads(out.stdout)
+    assert len(rows) == 1 and "does not describe a depthwise_fwd problem" in rows[0]["error"]
