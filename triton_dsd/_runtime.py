@@ -63,11 +63,6 @@ def check_interpreter_flag() -> None:
             f"(e.g. `TRITON_INTERPRET=1 python script.py`), or restart the process.")
 
 
-def interpreting() -> bool:
-    """True when the kernels run on CPU tensors through Triton's interpreter."""
-    return INTERPRET
-
-
 def _patch_interpreter_bf16_dot() -> None:
     """The interpreter keeps bf16 as raw uint16 and its ``tl.dot`` multiplies those integers
     (upstream triton-lang/triton#11584). Widen bf16 operands to fp32 first, exactly what the

@@ -75,17 +75,21 @@ def _cuobjdump() -> str:
     return found
 
 
+def img(dtype, cl, C=128, N=8, H=56, W=56):
+    """An (N, C, H, W) image, channels_last or NCHW (storage-free: only compiled)."""
+    x = torch.empty(N, C, H, W, dtype=dtype)
+    return x.to(memory_format=torch.channels_last) if cl else x
+
+
+def seq(dtype, cl, C=256, N=8, L=4096):
+    """A sequence as the (N, C, 1, L) view the functional API makes (channel-last or not)."""
+    x = torch.empty(N, L, C, dtype=dtype).transpose(1, 2) if cl else torch.empty(N, C, L, dtype=dtype)
+    return x.unsqueeze(2)
+
+
 def _cases() -> Dict[str, Callable[[], None]]:
     """name -> a callable that runs one launcher (under capture) on a realistic layer."""
     L = launchers
-
-    def img(dtype, cl, C=128, N=8, H=56, W=56):
-        x = torch.empty(N, C, H, W, dtype=dtype)
-        return x.to(memory_format=torch.channels_last) if cl else x
-
-    def seq(dtype, cl, C=256, N=8, L=4096):  # 1D as the (N, C, 1, L) view the functional API makes
-        x = torch.empty(N, L, C, dtype=dtype).transpose(1, 2) if cl else torch.empty(N, C, L, dtype=dtype)
-        return x.unsqueeze(2)
 
     def w(C, k, dtype, kh=None):
         return torch.empty(C, 1, k if kh is None else kh, k, dtype=dtype)
@@ -153,12 +157,7 @@ def sweep_cases() -> Dict[str, Callable[[], None]]:
     for cl, K, dt, dim in itertools.product((True, False), (3, 5, 7, 9, 13),
                                             (torch.bfloat16, torch.float32), (2, 1)):
         C = 128 if dim == 2 else 256
-        if dim == 2:
-            x = torch.empty(8, C, 56, 56, dtype=dt)
-            x = x.to(memory_format=torch.channels_last) if cl else x
-        else:
-            x = (torch.empty(8, 4096, C, dtype=dt).transpose(1, 2) if cl
-                 else torch.empty(8, C, 4096, dtype=dt)).unsqueeze(2)
+        x = img(dt, cl, C) if dim == 2 else seq(dt, cl, C)
         k = (K, K) if dim == 2 else (1, K)
         w = torch.empty(C, 1, *k, dtype=dt)
         pads = shapes.resolve_padding("same", k, (1, 1), (1, 2))

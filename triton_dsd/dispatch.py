@@ -83,22 +83,15 @@ def is_build_error(e: BaseException) -> bool:
 
 
 def config_problem(family: str, cfg: dict) -> Optional[str]:
-    """Why a config cannot build (checked before any launch), or None."""
+    """Why a well-formed config cannot build (checked before any launch), or None. The form
+    (keys present and known, positive ints) is ``store.validate``'s check of every stored
+    entry; tuned configs come from the family's space."""
     fam = registry.family(family)
-    for k in fam.config_keys:
-        if k == "num_stages" and k not in cfg:  # optional: Triton's default
-            continue
-        v = cfg.get(k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            return f"{k}={v!r} is not a positive int"
     for k in fam.blocks + ("num_warps",):
         if cfg[k] & (cfg[k] - 1):
             return f"{k}={cfg[k]} is not a power of two"
     if cfg["num_warps"] > 32:
         return f"num_warps={cfg['num_warps']} is more than 32"
-    unknown = set(cfg) - set(fam.config_keys)
-    if unknown:
-        return f"unknown options {sorted(unknown)}"
     return None
 
 
@@ -170,16 +163,16 @@ def run(family: str, fields: dict, like: torch.Tensor, launch: Callable[[dict], 
         return launch(cfg)
     fam = registry.family(family)
     key = keys.make_key(fields)
-    default = fam.default(fields, like.element_size())
     dev, dt = store.device_name(like.device), store.dtype_name(like.dtype)
     rk = (family, key, dev, dt)
-    chosen, source = default, "default"
+    chosen, source = None, "default"
     if not getattr(_LOCAL, "defaults_only", False) and rk not in _rejected:
-        hit = store.lookup(family, fields, like.device, like.dtype)
+        hit = store.lookup(family, key, dev, dt)
         if hit is None and rk in _tuned:
             hit = (dict(_tuned[rk]), "tuned")
         if hit is None and autotune_enabled():
-            tuned = _autotune(family, fields, like, launch, default)
+            tuned = _autotune(family, fields, like, launch,
+                              fam.default(fields, like.element_size()))
             if tuned is not None:
                 _tuned[rk] = tuned
                 hit = (dict(tuned), "tuned")
@@ -196,9 +189,9 @@ def run(family: str, fields: dict, like: torch.Tensor, launch: Callable[[dict], 
         if why is not None:
             _rejected[rk] = True
             _reject(family, key, chosen, why)
-            chosen, source = default, "default"
-    if source == "default":
-        return _launch(launch, chosen, family, key, source)
+            source = "default"
+    if source == "default":  # computed only when used: most launches find a stored config
+        return _launch(launch, fam.default(fields, like.element_size()), family, key, source)
     try:
         return _launch(launch, chosen, family, key, source)
     except Exception as e:  # noqa: BLE001 - only build errors fall back
@@ -207,7 +200,7 @@ def run(family: str, fields: dict, like: torch.Tensor, launch: Callable[[dict], 
         _rejected[rk] = True
         first = str(e).splitlines()[0][:200] if str(e) else ""
         _reject(family, key, chosen, f"{type(e).__name__}: {first}")
-        return _launch(launch, default, family, key, "default")
+        return _launch(launch, fam.default(fields, like.element_size()), family, key, "default")
 
 
 def _launch(launch: Callable[[dict], object], cfg: dict, family: str, key: str, source: str):

@@ -51,12 +51,6 @@ def _geometry(stride, pads, dilation, K):
     return dict(KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw), (pads[0], pads[2])
 
 
-def out_hw(HW: Sequence[int], K: Sequence[int], stride: Sequence[int], pads: Sequence[int],
-           dilation: Sequence[int]) -> Tuple[int, int]:
-    """Output (OH, OW) of a conv over (H, W); pads = (top, bottom, left, right)."""
-    return shapes.out_sizes(HW, K, stride, pads, dilation)
-
-
 # --------------------------------------------------------------------------- depthwise
 def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   stride: Sequence[int], pads: Sequence[int], dilation: Sequence[int],
@@ -64,7 +58,7 @@ def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     """y = depthwise(x)."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
-    OH, OW = out_hw((H, W), (KH, KW), stride, pads, dilation)
+    OH, OW = shapes.out_sizes((H, W), (KH, KW), stride, pads, dilation)
     y = _runtime.new_output((N, C_out, OH, OW), x, channels_last)
     if y.numel() == 0:
         return y
@@ -75,11 +69,12 @@ def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     def run(c):
         n_th, n_tw = _tiles(OH, OW, c)
         n_cb = triton.cdiv(C_out, c["BLOCK_C"])
-        _runtime.launch(fam.kernel, (N * n_th * n_tw * n_cb,),
-               x, weight, bias, y, C_out, H, W, OH, OW, n_th, n_tw, n_cb,
-               *x.stride(), *weight.stride()[:1], *weight.stride()[2:], *y.stride(), pt, pl,
-               MULT=C_out // C_in, HAS_BIAS=bias is not None, IDX64=needs_int64(x, y),
-               ACC=acc_dtype(x.dtype), **geo, **c)
+        _runtime.launch(
+            fam.kernel, (N * n_th * n_tw * n_cb,),
+            x, weight, bias, y, C_out, H, W, OH, OW, n_th, n_tw, n_cb,
+            *x.stride(), *weight.stride()[:1], *weight.stride()[2:], *y.stride(), pt, pl,
+            MULT=C_out // C_in, HAS_BIAS=bias is not None, IDX64=needs_int64(x, y),
+            ACC=acc_dtype(x.dtype), **geo, **c)
         return y
 
     fields = fam.key(C_out, OH, OW, (KH, KW), stride, dilation, C_out // C_in, channels_last)
@@ -102,11 +97,12 @@ def depthwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tenso
     def run(c):
         n_th, n_tw = _tiles(H, W, c)
         n_cb = triton.cdiv(C_in, c["BLOCK_C"])
-        _runtime.launch(fam.kernel, (N * n_th * n_tw * n_cb,),
-               grad, weight, dx, C_in, H, W, OH, OW, n_th, n_tw, n_cb,
-               *grad.stride(), *weight.stride()[:1], *weight.stride()[2:], *dx.stride(), pt, pl,
-               MULT=C_out // C_in, IDX64=needs_int64(grad, dx), ACC=acc_dtype(x.dtype),
-               **geo, **c)
+        _runtime.launch(
+            fam.kernel, (N * n_th * n_tw * n_cb,),
+            grad, weight, dx, C_in, H, W, OH, OW, n_th, n_tw, n_cb,
+            *grad.stride(), *weight.stride()[:1], *weight.stride()[2:], *dx.stride(), pt, pl,
+            MULT=C_out // C_in, IDX64=needs_int64(grad, dx), ACC=acc_dtype(x.dtype),
+            **geo, **c)
         return dx
 
     fields = fam.key(C_in, H, W, (KH, KW), stride, dilation, C_out // C_in, channels_last)
@@ -119,9 +115,10 @@ def splitk_finish(part: torch.Tensor, out: torch.Tensor) -> None:
     block_r = min(_pow2(R), 64)
     block_c = min(_pow2(C), 128)
     n_cb = triton.cdiv(C, block_c)
-    _runtime.launch(registry.FINISH_KERNEL, (triton.cdiv(R, block_r) * n_cb,),
-           part, out, S, R, C, n_cb, *part.stride(), *out.stride(),
-           ACC=acc_dtype(part.dtype), BLOCK_R=block_r, BLOCK_C=block_c)
+    _runtime.launch(
+        registry.FINISH_KERNEL, (triton.cdiv(R, block_r) * n_cb,),
+        part, out, S, R, C, n_cb, *part.stride(), *out.stride(),
+        ACC=acc_dtype(part.dtype), BLOCK_R=block_r, BLOCK_C=block_c)
 
 
 def reduction_splits(total_tiles: int, c_blocks: int, device: torch.device) -> Tuple[int, int]:
@@ -144,8 +141,8 @@ def depthwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     C_out, _, KH, KW = weight.shape
     OH, OW = grad.shape[2:]
     dw = _runtime.new_output((C_out, 1, KH, KW), weight, False, dtype=grad.dtype)
-    db = _runtime.new_output((C_out, 1, 1, 1), weight, False, dtype=grad.dtype).view(C_out) if need_bias \
-        else grad.new_empty((0,))
+    db = (_runtime.new_output((C_out, 1, 1, 1), weight, False, dtype=grad.dtype).view(C_out)
+          if need_bias else grad.new_empty((0,)))
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     n_rows, T = KH * KW + 1, KH * KW
     channels_last = shapes.is_channels_last_2d(grad)
@@ -162,11 +159,12 @@ def depthwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
         else:  # every split adds into one row with atomics
             part = torch.zeros((1, n_rows, C_out), dtype=acc, device=x.device)
         if total_tiles > 0:
-            _runtime.launch(fam.kernel, (c_blocks, n_splits),
-                   x, grad, part, C_out, H, W, OH, OW, n_th, n_tw, total_tiles, per_split,
-                   *x.stride(), *grad.stride(), pt, pl,
-                   MULT=C_out // C_in, HAS_BIAS=need_bias, ATOMIC=not deterministic,
-                   IDX64=needs_int64(x, grad), ACC=acc_dtype(x.dtype), **geo, **c)
+            _runtime.launch(
+                fam.kernel, (c_blocks, n_splits),
+                x, grad, part, C_out, H, W, OH, OW, n_th, n_tw, total_tiles, per_split,
+                *x.stride(), *grad.stride(), pt, pl,
+                MULT=C_out // C_in, HAS_BIAS=need_bias, ATOMIC=not deterministic,
+                IDX64=needs_int64(x, grad), ACC=acc_dtype(x.dtype), **geo, **c)
         else:
             part.zero_()
         splitk_finish(part[:, :T, :], dw.view(C_out, T).t())
@@ -222,11 +220,12 @@ def _gemm(x: torch.Tensor, w_mk: Tuple[int, int, int, int], w: torch.Tensor,
 
     def run(c):
         n_pb, n_mb = triton.cdiv(p_eff, c["BLOCK_P"]), triton.cdiv(M, c["BLOCK_M"])
-        _runtime.launch(fam.kernel, (n_eff * n_pb * n_mb,),
-               x, w, bias, y, K, M, p_eff, w_pix, n_pb, n_mb,
-               x.stride(0), x.stride(1), sxh, sxw, swm, swk, y.stride(0), y.stride(1), syp,
-               HAS_BIAS=bias is not None, PIX_2D=pix2d, ALLOW_TF32=allow_tf32(x.dtype),
-               IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype), **c)
+        _runtime.launch(
+            fam.kernel, (n_eff * n_pb * n_mb,),
+            x, w, bias, y, K, M, p_eff, w_pix, n_pb, n_mb,
+            x.stride(0), x.stride(1), sxh, sxw, swm, swk, y.stride(0), y.stride(1), syp,
+            HAS_BIAS=bias is not None, PIX_2D=pix2d, ALLOW_TF32=allow_tf32(x.dtype),
+            IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype), **c)
         return y
 
     fields = fam.key(p_eff, M, K, shapes.is_channels_last_2d(x))
@@ -255,8 +254,8 @@ def pointwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     M = grad.shape[1]
     P = H * W
     dw = _runtime.new_output((M, K, 1, 1), weight, False, dtype=grad.dtype)
-    db = _runtime.new_output((M, 1, 1, 1), weight, False, dtype=grad.dtype).view(M) if need_bias \
-        else grad.new_empty((0,))
+    db = (_runtime.new_output((M, 1, 1, 1), weight, False, dtype=grad.dtype).view(M)
+          if need_bias else grad.new_empty((0,)))
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     if not (grad.shape[3] == 1 or grad.stride(2) == grad.shape[3] * grad.stride(3)):
         grad = grad.contiguous()  # rare (an expanded/strided gradient): give it a pixel axis
@@ -277,12 +276,13 @@ def pointwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
         part_w = alloc((rows, M, K), dtype=acc, device=x.device)
         part_b = alloc((rows, M), dtype=acc, device=x.device) if need_bias else None
         if total > 0 and M > 0 and K > 0:
-            _runtime.launch(fam.kernel, (n_mb * n_kb, n_splits),
-                   x, grad, part_w, part_b, K, M, p_eff, w_pix, n_pb, total, per_split, n_kb,
-                   x.stride(0), x.stride(1), sxh, sxw, grad.stride(0), grad.stride(1), sdp,
-                   HAS_BIAS=need_bias, ATOMIC=not deterministic, PIX_2D=pix2d,
-                   ALLOW_TF32=allow_tf32(x.dtype), IDX64=needs_int64(x, grad),
-                   ACC=acc_dtype(x.dtype), **c)
+            _runtime.launch(
+                fam.kernel, (n_mb * n_kb, n_splits),
+                x, grad, part_w, part_b, K, M, p_eff, w_pix, n_pb, total, per_split, n_kb,
+                x.stride(0), x.stride(1), sxh, sxw, grad.stride(0), grad.stride(1), sdp,
+                HAS_BIAS=need_bias, ATOMIC=not deterministic, PIX_2D=pix2d,
+                ALLOW_TF32=allow_tf32(x.dtype), IDX64=needs_int64(x, grad),
+                ACC=acc_dtype(x.dtype), **c)
         else:
             part_w.zero_()
             if need_bias:
@@ -304,7 +304,7 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     N, C, H, W = x.shape
     CM, _, KH, KW = dw_weight.shape
     M = pw_weight.shape[0]
-    OH, OW = out_hw((H, W), (KH, KW), stride, pads, dilation)
+    OH, OW = shapes.out_sizes((H, W), (KH, KW), stride, pads, dilation)
     y = _runtime.new_output((N, M, OH, OW), x, channels_last)
     if y.numel() == 0:
         return y
@@ -315,14 +315,15 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
 
     def run(c):
         n_pb, n_mb = triton.cdiv(OH * OW, c["BLOCK_P"]), triton.cdiv(M, c["BLOCK_M"])
-        _runtime.launch(fam.kernel, (N * n_pb * n_mb,),
-               x, dw_weight, dw_bias, pw_weight, pw_bias, y,
-               CM, M, H, W, OH, OW, n_pb, n_mb,
-               *x.stride(), *dw_weight.stride()[:1], *dw_weight.stride()[2:],
-               pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
-               MULT=CM // C, HAS_DW_BIAS=dw_bias is not None,
-               HAS_PW_BIAS=pw_bias is not None, ALLOW_TF32=allow_tf32(x.dtype),
-               IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype), **geo, **c)
+        _runtime.launch(
+            fam.kernel, (N * n_pb * n_mb,),
+            x, dw_weight, dw_bias, pw_weight, pw_bias, y,
+            CM, M, H, W, OH, OW, n_pb, n_mb,
+            *x.stride(), *dw_weight.stride()[:1], *dw_weight.stride()[2:],
+            pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
+            MULT=CM // C, HAS_DW_BIAS=dw_bias is not None,
+            HAS_PW_BIAS=pw_bias is not None, ALLOW_TF32=allow_tf32(x.dtype),
+            IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype), **geo, **c)
         return y
 
     fields = fam.key(CM, M, OH, OW, (KH, KW), stride, dilation, CM // C, channels_last)

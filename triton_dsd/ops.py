@@ -88,7 +88,7 @@ def depthwise_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Lis
     """Dilated depthwise conv forward (``deterministic`` is for the backward)."""
     _require_triton(x)
     return launchers.depthwise_fwd(x, weight, bias, stride, padding, dilation,
-                                is_channels_last_2d(x))
+                                   is_channels_last_2d(x))
 
 
 @depthwise_fwd.register_fake
@@ -103,7 +103,7 @@ def depthwise_bwd_input(grad: Tensor, weight: Tensor, x: Tensor, stride: List[in
     """dx of the depthwise conv (``x`` gives shape and memory format only)."""
     _require_triton(grad)
     return launchers.depthwise_bwd_input(grad, weight, x, stride, padding, dilation,
-                                      is_channels_last_2d(x))
+                                         is_channels_last_2d(x))
 
 
 @depthwise_bwd_input.register_fake
@@ -117,8 +117,8 @@ def depthwise_bwd_weight(grad: Tensor, x: Tensor, weight: Tensor, stride: List[i
                          deterministic: bool) -> Tuple[Tensor, Tensor]:
     """(dw, db) of the depthwise conv; db is empty unless ``need_bias``."""
     _require_triton(grad)
-    return launchers.depthwise_bwd_weight(grad, x, weight, stride, padding, dilation, need_bias,
-                                       deterministic)
+    return launchers.depthwise_bwd_weight(grad, x, weight, stride, padding, dilation,
+                                          need_bias, deterministic)
 
 
 @depthwise_bwd_weight.register_fake
@@ -259,8 +259,8 @@ def dsd_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: 
             dilation: List[int], deterministic: bool) -> Tensor:
     """The whole separable layer in ONE kernel launch; the depthwise output never leaves the chip."""
     _require_triton(x)
-    return launchers.dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
-                          is_channels_last_2d(x))
+    return launchers.dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
+                             dilation, is_channels_last_2d(x))
 
 
 @dsd_fwd.register_fake

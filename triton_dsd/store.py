@@ -196,11 +196,10 @@ def write_entries(root: str, family: str, device: str, dtype: str,
 
 
 # ----------------------------------------------------------------------------- lookup
-def lookup(family: str, fields: Dict[str, object], device: torch.device,
-           dtype: torch.dtype) -> Optional[Tuple[dict, str]]:
-    """(config, 'exact' | 'nearest') for one problem, or None when nothing stored fits."""
-    key = keys.make_key(fields)
-    dev, dt = device_name(device), dtype_name(dtype)
+def lookup(family: str, key: str, dev: str, dt: str) -> Optional[Tuple[dict, str]]:
+    """(config, 'exact' | 'nearest') for one problem key (``keys.make_key``) on device ``dev``
+    (:func:`device_name`) and dtype ``dt`` (:func:`dtype_name`), or None when nothing stored
+    fits."""
     memo_key = (family, key, dev, dt)
     try:
         hit = _memo[memo_key]
