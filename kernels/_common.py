@@ -4,9 +4,9 @@ addressing, the bias + store epilogue and the atomic-or-store of split reduction
 import triton
 import triton.language as tl
 
-#: kernels with at most this many taps unroll every tap; larger ones loop over kernel rows and
-#: unroll along the row (a fully unrolled 7x7 fp32 tile spills on sm_90)
-MAX_UNROLL = tl.constexpr(25)
+#: depthwise kernels with at most this many taps unroll every tap; larger ones loop over kernel
+#: rows and unroll along the row (unrolled, a 5x5 window's weights and columns spill on sm_90)
+MAX_UNROLL = tl.constexpr(16)
 
 
 @triton.jit
@@ -17,22 +17,6 @@ def dot_acc(a, b, acc, ALLOW_TF32: tl.constexpr, ACC: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="tf32", out_dtype=ACC)
     else:
         return tl.dot(a, b, acc, input_precision="ieee", out_dtype=ACC)
-
-
-@triton.jit
-def tile_coords(tile, n_tiles_h, n_tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-                IDX64: tl.constexpr):
-    """Decode a flat tile index over (n, tile_h, tile_w) into n (int64) and the row and column
-    index vectors of the tile."""
-    tiles_per_image = n_tiles_h * n_tiles_w
-    n = tile // tiles_per_image
-    rem = tile % tiles_per_image
-    rows = (rem // n_tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
-    cols = (rem % n_tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
-    if IDX64:
-        rows = rows.to(tl.int64)
-        cols = cols.to(tl.int64)
-    return tl.cast(n, tl.int64), rows, cols
 
 
 @triton.jit

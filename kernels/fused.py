@@ -6,21 +6,79 @@ from triton_dsd.kernels._common import dot_acc, output_tile, store_output
 
 
 @triton.jit
-def _dw_tile_row(z, x_base, wd_ptr, ci, kk, mask_k, oh, ow, mask_p, kh, H, W, stride_xc,
-                 stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h, pad_w,
-                 KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
-                 DIL_H: tl.constexpr, DIL_W: tl.constexpr, ACC: tl.constexpr):
-    """z[p, k] += sum_kw x[ci(k), ih(p, kh), iw(p, kw)] * wd[k, kh, kw] for one kernel row kh."""
+def _dw_tap(z, x_base, wd_ptr, ci, kk, mask_k, oh, ow, mask_p, kh, kw, H, W, stride_xc,
+            stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h, pad_w,
+            STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr,
+            DIL_W: tl.constexpr, ACC: tl.constexpr, PIX_MAJOR: tl.constexpr,
+            EVEN_K: tl.constexpr):
+    """z += x[ci(k), ih(p, kh), iw(p, kw)] * wd[k, kh, kw] for one tap (kh, kw); z is [p, k],
+    or [k, p] when PIX_MAJOR. Padding taps, padded pixels and (unless EVEN_K, every channel
+    lane real) padded channel lanes are masked off: no load, zero."""
     ih = oh * STRIDE_H - pad_h + kh * DIL_H
-    mask_h = mask_p & (ih >= 0) & (ih < H)
-    for kw in tl.static_range(KW):
-        iw = ow * STRIDE_W - pad_w + kw * DIL_W
-        mask = (mask_h & (iw >= 0) & (iw < W))[:, None] & mask_k[None, :]
-        xv = tl.load(x_base + (ih * stride_xh + iw * stride_xw)[:, None] + ci[None, :] * stride_xc,
-                     mask=mask, other=0.0).to(ACC)
-        wv = tl.load(wd_ptr + kk * stride_wdc + kh * stride_wdh + kw * stride_wdw,
-                     mask=mask_k, other=0.0).to(ACC)
+    iw = ow * STRIDE_W - pad_w + kw * DIL_W
+    mask_x = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    off_x = ih * stride_xh + iw * stride_xw
+    w_ptrs = wd_ptr + kk * stride_wdc + kh * stride_wdh + kw * stride_wdw
+    if EVEN_K:  # no padded channel lanes: a mask per pixel, not per element
+        wv = tl.load(w_ptrs).to(ACC)
+    else:
+        wv = tl.load(w_ptrs, mask=mask_k, other=0.0).to(ACC)
+    if PIX_MAJOR:
+        if EVEN_K:
+            mask = tl.broadcast_to(mask_x[None, :], z.shape)
+        else:
+            mask = mask_k[:, None] & mask_x[None, :]
+        xv = tl.load(x_base + off_x[None, :] + ci[:, None] * stride_xc, mask=mask,
+                     other=0.0).to(ACC)
+        z += xv * wv[:, None]
+    else:
+        if EVEN_K:
+            mask = tl.broadcast_to(mask_x[:, None], z.shape)
+        else:
+            mask = mask_x[:, None] & mask_k[None, :]
+        xv = tl.load(x_base + off_x[:, None] + ci[None, :] * stride_xc, mask=mask,
+                     other=0.0).to(ACC)
         z += xv * wv[None, :]
+    return z
+
+
+@triton.jit
+def _dw_tile(x_base, wd_ptr, bd_ptr, kk, mask_k, oh, ow, mask_p, H, W, stride_xc, stride_xh,
+             stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h, pad_w,
+             KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr,
+             STRIDE_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+             MULT: tl.constexpr, HAS_DW_BIAS: tl.constexpr, ACC: tl.constexpr,
+             IDX64: tl.constexpr, UNROLL_KW: tl.constexpr, PIX_MAJOR: tl.constexpr,
+             EVEN_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The depthwise tile z[p, k] (+ bd[k]) in ACC, [BLOCK_P, BLOCK_K], for the pixels p and
+    the channels kk; each in-range tap of each (p, k) is loaded and multiplied exactly once.
+
+    UNROLL_KW: a loop over kernel rows, each row's KW taps unrolled (their loads in flight
+    together); else, and with 64-bit offsets on a tile past 2048 elements (twice the address
+    registers), one tap per loop iteration: a wide z tile leaves no registers for a row of
+    loads. PIX_MAJOR: the tile is built as [k, p] (lanes along pixels: coalesced loads when
+    x's pixels are contiguous, NCHW / NCL) and transposed at the end."""
+    ci = kk // MULT
+    if PIX_MAJOR:
+        z = tl.zeros([BLOCK_K, BLOCK_P], dtype=ACC)
+    else:
+        z = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC)
+    if UNROLL_KW and not (IDX64 and BLOCK_P * BLOCK_K > 2048):
+        for kh in range(KH):
+            for kw in tl.static_range(KW):
+                z = _dw_tap(z, x_base, wd_ptr, ci, kk, mask_k, oh, ow, mask_p, kh, kw, H, W,
+                            stride_xc, stride_xh, stride_xw, stride_wdc, stride_wdh,
+                            stride_wdw, pad_h, pad_w, STRIDE_H, STRIDE_W, DIL_H, DIL_W, ACC,
+                            PIX_MAJOR, EVEN_K)
+    else:
+        for t in tl.range(0, KH * KW, loop_unroll_factor=1):
+            z = _dw_tap(z, x_base, wd_ptr, ci, kk, mask_k, oh, ow, mask_p, t // KW, t % KW, H,
+                        W, stride_xc, stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw,
+                        pad_h, pad_w, STRIDE_H, STRIDE_W, DIL_H, DIL_W, ACC, PIX_MAJOR, EVEN_K)
+    if PIX_MAJOR:
+        z = tl.trans(z)
+    if HAS_DW_BIAS:
+        z += tl.load(bd_ptr + kk, mask=mask_k, other=0.0).to(ACC)[None, :]
     return z
 
 
@@ -43,41 +101,73 @@ def dsd_fwd_kernel(
     DIL_H: tl.constexpr, DIL_W: tl.constexpr, MULT: tl.constexpr,
     HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr,
     IDX64: tl.constexpr, ACC: tl.constexpr,
+    Z_STATIONARY: tl.constexpr, UNROLL_KW: tl.constexpr, PIX_MAJOR: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[n, m, p] = sum_k z[n, k, p] * wp[m, k] + bp[m], where for p = (oh, ow)
     z[n, k, oh, ow] = sum_{kh, kw} x[n, k // MULT, oh*S_H - pad_h + kh*D_H, ow*S_W - pad_w + kw*D_W] * wd[k, kh, kw] + bd[k].
 
-    A program owns [BLOCK_P pixels x BLOCK_M outputs]. For each BLOCK_K chunk of the C*MULT
-    depthwise channels it computes the z tile in registers (ACC), rounds it to the input dtype
-    (as the unfused pair would store it) and feeds it straight into tl.dot: z never touches
-    global memory. Grid: (N * n_p_blocks * n_m_blocks,), M blocks of one pixel block adjacent.
+    z is computed in registers (ACC), rounded to the input dtype (as the unfused pair would
+    store it) and fed straight into tl.dot: it never touches global memory.
+
+    Z_STATIONARY (BLOCK_K >= CM): a program owns BLOCK_P pixels and every output channel. It
+    computes its z tile [BLOCK_P, BLOCK_K] (all CM channels) once, then loops over the M
+    blocks: y block = z @ wp block (PIX_MAJOR: y^T = wp @ z^T, so BLOCK_M, not BLOCK_P, is
+    the MMA's row count). Grid: (N * n_p_blocks,), n_m_blocks is 1. UNROLL_KW, PIX_MAJOR and
+    EVEN_K (CM % BLOCK_K == 0) shape the tap loop (``_dw_tile``); the launcher sets them.
+
+    Otherwise (CM too wide for one tile): a program owns [BLOCK_P pixels x BLOCK_M outputs]
+    and, for each BLOCK_K chunk of the CM channels, computes that z chunk and accumulates its
+    product: z is recomputed for each of the n_m_blocks M blocks of a pixel block.
+    Grid: (N * n_p_blocks * n_m_blocks,), M blocks of one pixel block adjacent.
     """
     n, p, m = output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
     mask_p = p < OH * OW
-    mask_m = m < M
     oh = p // OW
     ow = p % OW
     x_base = x_ptr + n * stride_xn
-    acc = tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC)
-    for k0 in range(0, CM, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
+    if Z_STATIONARY:
+        kk = tl.arange(0, BLOCK_K)
         if IDX64:
             kk = kk.to(tl.int64)
         mask_k = kk < CM
-        ci = kk // MULT
-        z = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC)
-        # a loop over kernel rows (each row's KW taps unrolled): unrolling every tap keeps
-        # too many loads live beside the GEMM accumulator, and spills
-        for kh in range(KH):
-            z = _dw_tile_row(z, x_base, wd_ptr, ci, kk, mask_k, oh, ow, mask_p, kh, H, W,
-                             stride_xc, stride_xh, stride_xw, stride_wdc, stride_wdh,
-                             stride_wdw, pad_h, pad_w, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                             ACC)
-        if HAS_DW_BIAS:
-            z += tl.load(bd_ptr + kk, mask=mask_k, other=0.0).to(ACC)[None, :]
-        wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + m[None, :] * stride_wpm,
-                     mask=mask_k[:, None] & mask_m[None, :], other=0.0)
-        acc = dot_acc(z.to(wp_ptr.dtype.element_ty), wp, acc, ALLOW_TF32, ACC)
-    store_output(acc, bp_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
-                 HAS_PW_BIAS, ACC)
+        z = _dw_tile(x_base, wd_ptr, bd_ptr, kk, mask_k, oh, ow, mask_p, H, W, stride_xc,
+                     stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h, pad_w,
+                     KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS, ACC,
+                     IDX64, UNROLL_KW, PIX_MAJOR, EVEN_K, BLOCK_P, BLOCK_K)
+        # (the place for an epilogue between the stages: per-channel scale/shift, activation)
+        zq = z.to(wp_ptr.dtype.element_ty)
+        for m0 in range(0, M, BLOCK_M):
+            mm = m0 + m
+            mask_m = mm < M
+            if PIX_MAJOR:
+                # y^T = wp @ z^T: the outputs are the MMA's rows (BLOCK_M >= 64 for sm_90's
+                # HGMMA), the pixels its columns, z^T its shared-memory operand
+                wp = tl.load(wp_ptr + mm[:, None] * stride_wpm + kk[None, :] * stride_wpk,
+                             mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                acc = tl.trans(dot_acc(wp, tl.trans(zq), tl.zeros([BLOCK_M, BLOCK_P], dtype=ACC),
+                                       ALLOW_TF32, ACC))
+            else:
+                wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + mm[None, :] * stride_wpm,
+                             mask=mask_k[:, None] & mask_m[None, :], other=0.0)
+                acc = dot_acc(zq, wp, tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC), ALLOW_TF32, ACC)
+            store_output(acc, bp_ptr, y_ptr, n, p, mm, mask_p, mask_m, stride_yn, stride_yp,
+                         stride_ym, HAS_PW_BIAS, ACC)
+    else:
+        mask_m = m < M
+        acc = tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC)
+        for k0 in range(0, CM, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            if IDX64:
+                kk = kk.to(tl.int64)
+            mask_k = kk < CM
+            z = _dw_tile(x_base, wd_ptr, bd_ptr, kk, mask_k, oh, ow, mask_p, H, W, stride_xc,
+                         stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h,
+                         pad_w, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS,
+                         ACC, IDX64, True, False, False, BLOCK_P, BLOCK_K)
+            wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + m[None, :] * stride_wpm,
+                         mask=mask_k[:, None] & mask_m[None, :], other=0.0)
+            acc = dot_acc(z.to(wp_ptr.dtype.element_ty), wp, acc, ALLOW_TF32, ACC)
+        store_output(acc, bp_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp,
+                     stride_ym, HAS_PW_BIAS, ACC)

@@ -88,7 +88,9 @@ def pointwise_bwd_weight_kernel(
     mask_m = m < M
     mask_k = k < K
     acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=ACC)
-    acc_b = tl.zeros([BLOCK_M], dtype=ACC)
+    # db summed elementwise in the loop and reduced over pixels once at the end (a reduction
+    # per block costs a round of shuffles every iteration)
+    acc_b = tl.zeros([BLOCK_M, BLOCK_P], dtype=ACC)
     b_start = pid_s * blocks_per_split
     b_end = tl.minimum(b_start + blocks_per_split, total_blocks)
     for blk in range(b_start, b_end):
@@ -105,7 +107,7 @@ def pointwise_bwd_weight_kernel(
                      mask=mask_p[:, None] & mask_k[None, :], other=0.0)
         acc = dot_acc(dy, xv, acc, ALLOW_TF32, ACC)
         if HAS_BIAS:
-            acc_b += tl.sum(dy.to(ACC), axis=1)
+            acc_b += dy.to(ACC)
     if ATOMIC:
         row = 0
     else:
@@ -114,4 +116,5 @@ def pointwise_bwd_weight_kernel(
     store_partial(w_ptrs, acc, mask_m[:, None] & mask_k[None, :], ATOMIC)
     if HAS_BIAS:
         if pid_k == 0:
-            store_partial(pb_part_ptr + tl.cast(row, tl.int64) * M + m, acc_b, mask_m, ATOMIC)
+            store_partial(pb_part_ptr + tl.cast(row, tl.int64) * M + m, tl.sum(acc_b, axis=1),
+                          mask_m, ATOMIC)

@@ -133,7 +133,7 @@ def test_a_malformed_stored_key_is_a_failing_row_not_a_traceback(tmp_path):
     with open(path, "w") as f:
         json.dump(dict(schema=1, kernel="depthwise_fwd", device_name="gpu", dtype="bfloat16",
                        triton_version=triton.__version__,
-                       configs={"layout=cl,nonsense=1": dict(BLOCK_H=1, BLOCK_W=16, BLOCK_C=64,
+                       configs={"layout=cl,nonsense=1": dict(BLOCK_R=16, BLOCK_W=8, BLOCK_C=64,
                                                              num_warps=4)}), f)
     env = dict(ENV_NO_INTERP, TRITON_DSD_CONFIG_DIR=str(tmp_path),
                XDG_CACHE_HOME=str(tmp_path / "empty_cache"))

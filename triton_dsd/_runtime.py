@@ -169,11 +169,17 @@ def new_output(shape: Sequence[int], like: torch.Tensor, channels_last: bool,
     return out
 
 
+#: the SM count the offline tools (compile report, performance model) plan grids for: under
+#: :func:`capture_launches` on CPU tensors, launchers size their grids for an H200
+MODEL_SMS = 132
+
+
 def num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (1 elsewhere)."""
+    """Streaming multiprocessors of a CUDA device; MODEL_SMS when capturing launches on CPU
+    tensors (the grid a GPU would get); 1 elsewhere."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
+    return MODEL_SMS if capturing() else 1
 
 
 # ----------------------------------------------------------------------------- warnings

@@ -41,10 +41,6 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def _tiles(OH: int, OW: int, cfg: dict) -> Tuple[int, int]:
-    return triton.cdiv(OH, cfg["BLOCK_H"]), triton.cdiv(OW, cfg["BLOCK_W"])
-
-
 def _geometry(stride, pads, dilation, K):
     (sh, sw), (dh, dw), (kh, kw) = stride, dilation, K
     # the kernels take the top/left padding; the bottom/right one only shapes the output
@@ -52,6 +48,36 @@ def _geometry(stride, pads, dilation, K):
 
 
 # --------------------------------------------------------------------------- depthwise
+#: pack the depthwise weight as [KH*KW, C_out] (contiguous along channels: one vector load per
+#: tap) with a copy per call. Off: the model (``triton-dsd model``) shows the saving is ~2
+#: instructions per output at K3 (the weight load is shared by every pixel a thread holds)
+#: while the copy is an extra launch per call; caching a pack by the tensor's version would
+#: serve stale weights after ``w.data.copy_()`` or a CUDA-graph replay, which do not bump it.
+PACK_DW_WEIGHTS = False
+
+
+def _window(cfg: dict, width: int, multiple: int = 1) -> dict:
+    """The config with its BLOCK_W (outputs per segment, an unroll count) balanced over the
+    row: the fewest segments of at most BLOCK_W (rounded up to a multiple of ``multiple``), all
+    of about the same length (56 columns at BLOCK_W 32: two segments of 28, not 32 + 24)."""
+    n_seg = triton.cdiv(width, cfg["BLOCK_W"])
+    bw = triton.cdiv(triton.cdiv(width, n_seg), multiple) * multiple
+    return dict(cfg, BLOCK_W=max(bw, multiple))
+
+
+def _taps(weight: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+    """(w, stride per tap, stride per channel) of a (C_out, 1, KH, KW) depthwise weight, whose
+    tap t = kh*KW + kw is at t*stride_tap + c*stride_channel."""
+    C_out, _, KH, KW = weight.shape
+    if PACK_DW_WEIGHTS:
+        packed = weight.reshape(C_out, KH * KW).t().contiguous()
+        return packed, packed.stride(0), packed.stride(1)
+    if KH > 1 and KW > 1 and weight.stride(2) != KW * weight.stride(3):
+        weight = weight.contiguous()  # taps that do not flatten into one stride
+    tap = weight.stride(3) if KW > 1 else weight.stride(2)
+    return weight, tap, weight.stride(0)
+
+
 def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   stride: Sequence[int], pads: Sequence[int], dilation: Sequence[int],
                   channels_last: bool, cfg: Optional[dict] = None) -> torch.Tensor:
@@ -66,15 +92,19 @@ def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     bias = _contiguous(bias)
     fam = _F["depthwise_fwd"]
 
+    w, stride_wt, stride_wc = _taps(weight)
+
     def run(c):
-        n_th, n_tw = _tiles(OH, OW, c)
+        c = _window(c, OW)
+        n_rows = N * OH * triton.cdiv(OW, c["BLOCK_W"])
         n_cb = triton.cdiv(C_out, c["BLOCK_C"])
         _runtime.launch(
-            fam.kernel, (N * n_th * n_tw * n_cb,),
-            x, weight, bias, y, C_out, H, W, OH, OW, n_th, n_tw, n_cb,
-            *x.stride(), *weight.stride()[:1], *weight.stride()[2:], *y.stride(), pt, pl,
-            MULT=C_out // C_in, HAS_BIAS=bias is not None, IDX64=needs_int64(x, y),
-            ACC=acc_dtype(x.dtype), **geo, **c)
+            fam.kernel, (triton.cdiv(n_rows, c["BLOCK_R"]) * n_cb,),
+            x, w, bias, y, C_out, H, W, OH, OW, n_rows, N * OH, n_cb,
+            *x.stride(), stride_wt, stride_wc, *y.stride(), pt, pl,
+            MULT=C_out // C_in, HAS_BIAS=bias is not None, EVEN_C=C_out % c["BLOCK_C"] == 0,
+            EVEN_W=OW % c["BLOCK_W"] == 0, IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype),
+            **geo, **c)
         return y
 
     fields = fam.key(C_out, OH, OW, (KH, KW), stride, dilation, C_out // C_in, channels_last)
@@ -93,16 +123,22 @@ def depthwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tenso
         return dx
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
     fam = _F["depthwise_bwd_input"]
+    w, stride_wt, stride_wc = _taps(weight)
+    sw = stride[1]
 
     def run(c):
-        n_th, n_tw = _tiles(H, W, c)
+        # segments start at multiples of the stride, so which taps of a column divide evenly
+        # is known when the kernel compiles
+        c = _window(c, W, sw)
+        n_rows = N * H * triton.cdiv(W, c["BLOCK_W"])
         n_cb = triton.cdiv(C_in, c["BLOCK_C"])
         _runtime.launch(
-            fam.kernel, (N * n_th * n_tw * n_cb,),
-            grad, weight, dx, C_in, H, W, OH, OW, n_th, n_tw, n_cb,
-            *grad.stride(), *weight.stride()[:1], *weight.stride()[2:], *dx.stride(), pt, pl,
-            MULT=C_out // C_in, IDX64=needs_int64(grad, dx), ACC=acc_dtype(x.dtype),
-            **geo, **c)
+            fam.kernel, (triton.cdiv(n_rows, c["BLOCK_R"]) * n_cb,),
+            grad, w, dx, C_in, H, W, OH, OW, n_rows, N * H, n_cb,
+            *grad.stride(), stride_wt, stride_wc, *dx.stride(), pt, pl,
+            MULT=C_out // C_in, EVEN_C=C_in % c["BLOCK_C"] == 0, EVEN_W=W % c["BLOCK_W"] == 0,
+            PHASE_W=pl % sw,
+            IDX64=needs_int64(grad, dx), ACC=acc_dtype(x.dtype), **geo, **c)
         return dx
 
     fields = fam.key(C_in, H, W, (KH, KW), stride, dilation, C_out // C_in, channels_last)
@@ -123,13 +159,31 @@ def splitk_finish(part: torch.Tensor, out: torch.Tensor) -> None:
 
 def reduction_splits(total_tiles: int, c_blocks: int, device: torch.device) -> Tuple[int, int]:
     """(n_splits, tiles per split) of a split reduction: about four waves of programs on the
-    GPU (a few splits under the interpreter), at most 65535 splits (grid axis 1)."""
+    GPU, or on the GPU an offline tool models (capture); a few splits under the interpreter;
+    at most 65535 splits (grid axis 1)."""
     if total_tiles == 0:
         return 1, 1
-    target = 4 * _runtime.num_sms(device) if device.type == "cuda" else 3
+    gpu = device.type == "cuda" or _runtime.capturing()
+    target = 4 * _runtime.num_sms(device) if gpu else 3
     n_splits = max(1, min(total_tiles, triton.cdiv(target, c_blocks), 65535))
     per_split = triton.cdiv(total_tiles, n_splits)
     return triton.cdiv(total_tiles, per_split), per_split
+
+
+#: tiles a weight-gradient split sums at least: its epilogue (the reduction over W across the
+#: program's threads and the partial-sum store) costs about five tiles' instructions
+WGRAD_MIN_TILES = 16
+
+
+def wgrad_tap_groups(KH: int, KW: int, block_t: int) -> int:
+    """Tap groups of the weight-gradient kernel (its grid axis 2): one if BLOCK_T covers every
+    tap; else groups of whole kernel rows (rows padded to a power of two), or segments of one
+    row when a padded row is wider than BLOCK_T."""
+    if block_t >= KH * KW:
+        return 1
+    if block_t >= _pow2(KW):
+        return triton.cdiv(KH, block_t // _pow2(KW))
+    return KH * triton.cdiv(KW, block_t)
 
 
 def depthwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
@@ -150,18 +204,25 @@ def depthwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     fam = _F["depthwise_bwd_weight"]
 
     def run(c):
-        n_th, n_tw = _tiles(OH, OW, c)
-        total_tiles = N * n_th * n_tw
+        # a tile is BLOCK_W columns of one of the N*OH output rows; a program sums a split of
+        # consecutive tiles for BLOCK_C channels and one group of BLOCK_T taps
+        n_tw = triton.cdiv(OW, c["BLOCK_W"])
+        total_tiles = N * OH * n_tw
         c_blocks = triton.cdiv(C_out, c["BLOCK_C"])
-        n_splits, per_split = reduction_splits(total_tiles, c_blocks, x.device)
-        if deterministic:  # a row of partial sums per split, summed in order below
+        n_groups = wgrad_tap_groups(KH, KW, c["BLOCK_T"])
+        n_splits, per_split = reduction_splits(total_tiles, c_blocks * n_groups, x.device)
+        # fewer, longer splits: each ends with a reduction over W worth about five tiles
+        if per_split < min(WGRAD_MIN_TILES, total_tiles):
+            per_split = min(WGRAD_MIN_TILES, total_tiles)
+            n_splits = triton.cdiv(total_tiles, per_split)
+        if deterministic:  # a row block of partial sums per split, summed in order below
             part = torch.empty((n_splits, n_rows, C_out), dtype=acc, device=x.device)
-        else:  # every split adds into one row with atomics
+        else:  # every split adds into one row block with atomics
             part = torch.zeros((1, n_rows, C_out), dtype=acc, device=x.device)
         if total_tiles > 0:
             _runtime.launch(
-                fam.kernel, (c_blocks, n_splits),
-                x, grad, part, C_out, H, W, OH, OW, n_th, n_tw, total_tiles, per_split,
+                fam.kernel, (c_blocks, n_splits, n_groups),
+                x, grad, part, C_out, H, W, OH, OW, n_tw, total_tiles, per_split,
                 *x.stride(), *grad.stride(), pt, pl,
                 MULT=C_out // C_in, HAS_BIAS=need_bias, ATOMIC=not deterministic,
                 IDX64=needs_int64(x, grad), ACC=acc_dtype(x.dtype), **geo, **c)
@@ -296,6 +357,39 @@ def pointwise_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     return dispatch.run(fam.name, fields, x, run, cfg)
 
 
+def dsd_z_stationary(CM: int, cfg: dict) -> bool:
+    """True if a dsd_fwd config holds every depthwise channel in one z tile (BLOCK_K >= C*m):
+    each program then computes its z once and loops over all M (grid N * n_p_blocks)."""
+    return cfg["BLOCK_K"] >= CM
+
+
+#: the z-stationary fused forward unrolls a kernel row's KW taps (their loads in flight
+#: together) while KW x the z elements a thread holds stays within this; past it (k5 and up
+#: on a 64-element tile) the unrolled row spills, so one tap per iteration
+DSD_ROW_UNROLL_ELEMS = 192
+
+
+def dsd_tap_options(x: torch.Tensor, CM: int, KW: int, cfg: dict) -> Tuple[bool, bool]:
+    """(UNROLL_KW, PIX_MAJOR) of a dsd_fwd launch. The recompute path keeps its row loop over
+    [pixel, channel] tiles. The z-stationary path builds its tile [channel, pixel] when x's
+    pixels are closer in memory than its channels (NCHW, NCL: lanes along pixels, coalesced),
+    and unrolls a row of taps only for 16-byte channel loads while KW x (z elements a thread)
+    <= DSD_ROW_UNROLL_ELEMS (pixel-major loads are scalar, an address each: one tap at a
+    time). The kernel also takes one tap at a time with 64-bit offsets (IDX64)."""
+    if not dsd_z_stationary(CM, cfg):
+        return True, False
+    pix_stride = x.stride(3) if x.shape[3] > 1 else x.stride(2)
+    pix_major = x.shape[1] > 1 and abs(pix_stride) < abs(x.stride(1))
+    per_thread = cfg["BLOCK_P"] * cfg["BLOCK_K"] // (32 * cfg["num_warps"])
+    return not pix_major and KW * per_thread <= DSD_ROW_UNROLL_ELEMS, pix_major
+
+
+def dsd_recompute_factor(CM: int, M: int, cfg: dict) -> int:
+    """How many times the fused forward computes each depthwise output z[n, k, p] under
+    ``cfg``: 1 on the z-stationary path, else once per M block (n_m_blocks)."""
+    return 1 if dsd_z_stationary(CM, cfg) else triton.cdiv(M, cfg["BLOCK_M"])
+
+
 def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
             pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], stride: Sequence[int],
             pads: Sequence[int], dilation: Sequence[int], channels_last: bool,
@@ -314,7 +408,9 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     fam = _F["dsd_fwd"]
 
     def run(c):
-        n_pb, n_mb = triton.cdiv(OH * OW, c["BLOCK_P"]), triton.cdiv(M, c["BLOCK_M"])
+        # z-stationary: one program per pixel block loops over every M block (n_mb = 1)
+        n_pb, n_mb = triton.cdiv(OH * OW, c["BLOCK_P"]), dsd_recompute_factor(CM, M, c)
+        unroll_kw, pix_major = dsd_tap_options(x, CM, KW, c)
         _runtime.launch(
             fam.kernel, (N * n_pb * n_mb,),
             x, dw_weight, dw_bias, pw_weight, pw_bias, y,
@@ -323,7 +419,9 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
             pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
             MULT=CM // C, HAS_DW_BIAS=dw_bias is not None,
             HAS_PW_BIAS=pw_bias is not None, ALLOW_TF32=allow_tf32(x.dtype),
-            IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype), **geo, **c)
+            IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype),
+            Z_STATIONARY=dsd_z_stationary(CM, c), UNROLL_KW=unroll_kw, PIX_MAJOR=pix_major,
+            EVEN_K=CM % c["BLOCK_K"] == 0, **geo, **c)
         return y
 
     fields = fam.key(CM, M, OH, OW, (KH, KW), stride, dilation, CM // C, channels_last)

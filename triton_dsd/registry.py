@@ -11,7 +11,7 @@ import dataclasses
 from typing import Callable, Dict, List, Optional, Tuple
 
 from triton_dsd import configs, keys
-from triton_dsd.kernels import depthwise, fused, pointwise, reduce
+from triton_dsd.kernels import depthwise, depthwise_wgrad, fused, pointwise, reduce
 
 Fields = Dict[str, object]
 
@@ -36,7 +36,11 @@ class Family:
         return self.blocks + ("num_warps",) + (("num_stages",) if self.pipelined else ())
 
 
-_DW_BLOCKS = ("BLOCK_H", "BLOCK_W", "BLOCK_C")
+#: forward / input gradient: row segments (BLOCK_R) x outputs per segment (BLOCK_W, a register
+#: window along W) x channels (BLOCK_C)
+_DW_BLOCKS = ("BLOCK_R", "BLOCK_W", "BLOCK_C")
+#: the weight gradient tiles taps (BLOCK_T) x one row's columns (BLOCK_W) x channels (BLOCK_C)
+_DW_WGRAD_BLOCKS = ("BLOCK_T", "BLOCK_W", "BLOCK_C")
 _GEMM_BLOCKS = ("BLOCK_P", "BLOCK_M", "BLOCK_K")
 
 FAMILIES: Dict[str, Family] = {f.name: f for f in (
@@ -45,8 +49,9 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("depthwise_bwd_input", depthwise.depthwise_bwd_input_kernel, _DW_BLOCKS,
            keys.depthwise_key, configs.depthwise_bwd_input_default, configs.depthwise_space,
            False),
-    Family("depthwise_bwd_weight", depthwise.depthwise_bwd_weight_kernel, _DW_BLOCKS,
-           keys.depthwise_key, configs.depthwise_default, configs.depthwise_space, False),
+    Family("depthwise_bwd_weight", depthwise_wgrad.depthwise_bwd_weight_kernel,
+           _DW_WGRAD_BLOCKS, keys.depthwise_key, configs.depthwise_bwd_weight_default,
+           configs.depthwise_bwd_weight_space, False),
     # the input gradient of a 1x1 conv is this GEMM on W^T: it shares the family
     Family("pointwise_fwd", pointwise.pointwise_fwd_kernel, _GEMM_BLOCKS, keys.gemm_key,
            configs.pointwise_default, configs.pointwise_space, True),
