@@ -42,6 +42,14 @@ c = os.path.join(work, "checks.json")
 if os.path.exists(c):
     for k, v in json.load(open(c)).items():
         print(f"check {k}: {v}")
+m = os.path.join(work, "model.json")
+if os.path.exists(m):
+    cases = json.load(open(m))["cases"]
+    print("\nperformance model vs this GPU (modeled H200 us, measured us, measured/modeled):")
+    for c in cases:
+        meas = c.get("measured_us")
+        print(f"  {c['case']:40s} {c['modeled_us']:9.1f} "
+              + (f"{meas:9.1f} {meas / c['modeled_us']:6.2f}" if meas else "      n/a"))
 b = os.path.join(work, "bench.csv")
 if os.path.exists(b):
     try:
@@ -96,6 +104,8 @@ else
   step bench_stages 35 $PY -m triton_dsd.cli bench $G --op depthwise,pointwise --mode fwd \
        --provider triton_unfused,eager
   step bench_compile 35 $PY -m triton_dsd.cli bench $G --op dsd --mode fwd --provider compile
+  # the offline model's cases timed on this GPU beside their modeled time (calibration)
+  step model 120 $PY -m triton_dsd.cli model --measure --json-out "$WORK/model.json" -v
 fi
 [ $DRY = 1 ] && step checks 120 $PY -m triton_dsd.reliability --out "$WORK"
 step plot 25 $PY -m triton_dsd.cli plot --csv "$WORK/bench.csv" --out "$WORK/plots"

@@ -6,6 +6,7 @@
   triton-dsd plot      figures from a benchmark CSV (or the cost model)
   triton-dsd cost      parameters, FLOPs, ideal bytes and the roofline floor of a layer
   triton-dsd inspect   offline compile report for sm_80 / sm_90 (no GPU needed)
+  triton-dsd model     offline performance model: modeled H200 time and % of roofline per case
 
 With no GPU, demo runs the kernels under the Triton interpreter; tune and bench need a GPU
 (--interpret runs their machinery on tiny shapes, as code, not as a speed).
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 import triton.testing
 
 import triton_dsd
-from triton_dsd import _runtime, bench, compile_report, cost, store, tuning
+from triton_dsd import _runtime, bench, compile_report, cost, perf_model, store, tuning
 from triton_dsd.problems import Problem
 
 
@@ -120,6 +121,40 @@ def cmd_inspect(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_model(args) -> int:
+    if _runtime.INTERPRET:  # compiling for a GPU needs the kernels defined for the GPU
+        return _reexec_with({"TRITON_INTERPRET": None}, _argv(args))
+    cases = [c for c in perf_model.canonical_cases() if args.cases is None or args.cases in c.name]
+    if args.list:
+        print("\n".join(c.name for c in cases))
+        return 0
+    if not cases:
+        raise UsageError(f"--cases {args.cases!r} matches no case (see --list)")
+    if args.measure and not torch.cuda.is_available():
+        raise UsageError("--measure needs a CUDA GPU (the model itself does not)")
+    baseline = perf_model.read_json(args.baseline) if args.baseline else None
+    models = []
+    for case in cases:
+        m = perf_model.model_case(case)
+        if args.measure and not m.error:
+            m.measured_s = perf_model.measure(case)
+        models.append(m)
+        if args.verbose:
+            print(f"modeled {case.name}: {m.modeled_s * 1e6:.1f} us", file=sys.stderr, flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            f.write(perf_model.to_json(models) + "\n")
+    if args.figure:
+        perf_model.figure(models, args.figure, baseline)
+    print("MODEL, not a measurement: H200 (sm_90 SASS, bf16, default configs); "
+          "see `triton-dsd model --help` for what it cannot see.")
+    print(perf_model.format_table(models, baseline))
+    failed = [m for m in models if m.error]
+    for m in failed:
+        print(f"{m.case}: {m.error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
@@ -513,6 +548,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the default configs of a broad matrix of layers (2 layouts, 1D "
                         "and 2D, K 3..13, fused M 32..256; several minutes)")
     i.set_defaults(func=cmd_inspect)
+    mo = sub.add_parser("model", formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="offline performance model (modeled H200 time, %% of roofline)",
+                        description=perf_model.__doc__)
+    mo.add_argument("--cases", default=None, metavar="TEXT",
+                    help="only the canonical cases whose name contains TEXT")
+    mo.add_argument("--list", action="store_true", help="list the canonical cases and exit")
+    mo.add_argument("--json-out", default=None, metavar="FILE", help="write every number as JSON")
+    mo.add_argument("--figure", default=None, metavar="FILE",
+                    help="bar chart of the modeled %% of roofline (PNG/PDF/SVG by extension)")
+    mo.add_argument("--baseline", default=None, metavar="JSON",
+                    help="an earlier --json-out: before/after columns and bars")
+    mo.add_argument("--measure", action="store_true",
+                    help="on a GPU: also time every case (do_bench, same default configs) and "
+                         "print measured beside modeled")
+    mo.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    mo.set_defaults(func=cmd_model)
     return p
 
 

@@ -6,6 +6,7 @@ kernel's own error: fp32 accumulation and the final rounding to the output dtype
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -75,3 +76,94 @@ def reference(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if t is None:
         return None
     return t.detach().to("cpu", torch.float64).requires_grad_(t.requires_grad)
+
+
+# ----------------------------------------------------------------------------- request counter
+class Requests:
+    """What one interpreted launch loaded: for each tensor argument (by parameter name), how
+    many times active lanes (mask true) loaded each of its elements."""
+
+    def __init__(self, kernel: str):
+        self.kernel = kernel
+        self.tensors = {}  # name -> host tensor the interpreter ran on
+        self._addresses = []  # numpy arrays of the byte addresses loaded by active lanes
+        self.counts = {}  # name -> int64 tensor shaped like the argument
+
+    def _finish(self) -> None:
+        import numpy as np
+
+        loaded = (np.concatenate(self._addresses) if self._addresses
+                  else np.zeros(0, dtype=np.uint64)).astype(np.int64)
+        self._addresses = []
+        for name, t in self.tensors.items():
+            storage = t.untyped_storage()
+            base, size = storage.data_ptr(), storage.nbytes() // t.element_size()
+            rel = loaded - base
+            inside = rel[(rel >= 0) & (rel < size * t.element_size())] // t.element_size()
+            per_elem = torch.from_numpy(np.bincount(inside, minlength=size).astype(np.int64))
+            offsets = torch.as_strided(torch.arange(size), t.shape, t.stride(),
+                                       t.storage_offset())
+            self.counts[name] = per_elem[offsets]
+
+    def total(self, name: str) -> int:
+        """Loads of any element of argument ``name`` by active lanes."""
+        return int(self.counts[name].sum())
+
+    def per_element(self, name: str) -> float:
+        """Mean loads per element of argument ``name``."""
+        c = self.counts[name]
+        return float(c.sum()) / max(1, c.numel())
+
+    def __repr__(self) -> str:
+        per = ", ".join(f"{k}: {self.per_element(k):.2f}" for k in self.counts)
+        return f"Requests({self.kernel}: {per})"
+
+
+@contextlib.contextmanager
+def count_requests():
+    """Under ``TRITON_INTERPRET=1``, record a :class:`Requests` for every launch in the block
+    (a list, in launch order): the interpreter's masked loads are wrapped, each address loaded
+    by an active lane is attributed to the tensor argument whose storage holds it.
+
+    This is the algorithm's request count (the program text's loads); on a GPU a layout that
+    replicates a tile across warps loads more, which only the SASS shows."""
+    from triton.runtime import interpreter
+
+    builder, executor = interpreter.InterpreterBuilder, interpreter.GridExecutor
+    orig_load, orig_init, orig_call = (builder.create_masked_load, executor._init_args_hst,
+                                       executor.__call__)
+    records = []
+    state = {"current": None}
+
+    def create_masked_load(self, ptrs, mask, *args, **kwargs):
+        rec = state["current"]
+        if rec is not None:
+            rec._addresses.append(ptrs.data[mask.data.astype(bool)].ravel().copy())
+        return orig_load(self, ptrs, mask, *args, **kwargs)
+
+    def init_args(self, args_dev, kwargs):
+        args_hst, kwargs_hst = orig_init(self, args_dev, kwargs)
+        rec = state["current"]
+        if rec is not None:
+            for name, arg in zip(self.arg_names, args_hst):
+                if isinstance(arg, torch.Tensor):
+                    rec.tensors[name] = arg
+        return args_hst, kwargs_hst
+
+    def call(self, *args, **kwargs):
+        rec = Requests(self.fn.__name__)
+        state["current"] = rec
+        try:
+            return orig_call(self, *args, **kwargs)
+        finally:
+            state["current"] = None
+            rec._finish()
+            records.append(rec)
+
+    builder.create_masked_load, executor._init_args_hst, executor.__call__ = (
+        create_masked_load, init_args, call)
+    try:
+        yield records
+    finally:
+        builder.create_masked_load, executor._init_args_hst, executor.__call__ = (
+            orig_load, orig_init, orig_call)
