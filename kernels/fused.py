@@ -3,6 +3,7 @@ import triton
 import triton.language as tl
 
 from triton_dsd.kernels._common import dot_acc, output_tile, store_output
+from triton_dsd.kernels.depthwise import _segments, _window_row, _zeros
 
 
 @triton.jit
@@ -90,7 +91,7 @@ def dsd_fwd_kernel(
     wp_ptr,  # pointwise weight as (M, C*MULT) by strides
     bp_ptr,  # pointwise bias (M,), contiguous; None when HAS_PW_BIAS is False
     y_ptr,  # output y (N, M, OH, OW); its pixels flatten (stride_yp)
-    CM, M, H, W, OH, OW, n_p_blocks, n_m_blocks,
+    CM, M, H, W, OH, OW, n_p_blocks, n_m_blocks, n_rows, n_img_rows,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wdc, stride_wdh, stride_wdw,
     stride_wpm, stride_wpk,
@@ -102,7 +103,7 @@ def dsd_fwd_kernel(
     HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr,
     IDX64: tl.constexpr, ACC: tl.constexpr,
     Z_STATIONARY: tl.constexpr, UNROLL_KW: tl.constexpr, PIX_MAJOR: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    EVEN_K: tl.constexpr, WIN: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[n, m, p] = sum_k z[n, k, p] * wp[m, k] + bp[m], where for p = (oh, ow)
@@ -117,57 +118,127 @@ def dsd_fwd_kernel(
     the MMA's row count). Grid: (N * n_p_blocks,), n_m_blocks is 1. UNROLL_KW, PIX_MAJOR and
     EVEN_K (CM % BLOCK_K == 0) shape the tap loop (``_dw_tile``); the launcher sets them.
 
+    WIN > 1 (z-stationary, channels-contiguous x only): register windows along W, as in
+    ``depthwise.depthwise_fwd_kernel``. A program owns BLOCK_P // WIN row segments of WIN
+    consecutive outputs (``_segments``: n_rows segments over n_img_rows = N*OH image rows);
+    its z is WIN tensors z_j [BLOCK_P // WIN, BLOCK_K], each source column loaded and
+    converted once per kernel row and used by every output of the segment that reads it
+    (taps flattened: wd[k, kh, kw] at (kh*KW + kw)*stride_wdw + k*stride_wdc). Each M block
+    is then WIN products z_j @ wp. Grid: (cdiv(n_rows, BLOCK_P // WIN),).
+
     Otherwise (CM too wide for one tile): a program owns [BLOCK_P pixels x BLOCK_M outputs]
     and, for each BLOCK_K chunk of the CM channels, computes that z chunk and accumulates its
     product: z is recomputed for each of the n_m_blocks M blocks of a pixel block.
     Grid: (N * n_p_blocks * n_m_blocks,), M blocks of one pixel block adjacent.
     """
-    n, p, m = output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
-    mask_p = p < OH * OW
-    oh = p // OW
-    ow = p % OW
-    x_base = x_ptr + n * stride_xn
-    if Z_STATIONARY:
-        kk = tl.arange(0, BLOCK_K)
-        if IDX64:
-            kk = kk.to(tl.int64)
-        mask_k = kk < CM
-        z = _dw_tile(x_base, wd_ptr, bd_ptr, kk, mask_k, oh, ow, mask_p, H, W, stride_xc,
-                     stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h, pad_w,
-                     KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS, ACC,
-                     IDX64, UNROLL_KW, PIX_MAJOR, EVEN_K, BLOCK_P, BLOCK_K)
-        # (the place for an epilogue between the stages: per-channel scale/shift, activation)
-        zq = z.to(wp_ptr.dtype.element_ty)
-        for m0 in range(0, M, BLOCK_M):
-            mm = m0 + m
-            mask_m = mm < M
-            if PIX_MAJOR:
-                # y^T = wp @ z^T: the outputs are the MMA's rows (BLOCK_M >= 64 for sm_90's
-                # HGMMA), the pixels its columns, z^T its shared-memory operand
-                wp = tl.load(wp_ptr + mm[:, None] * stride_wpm + kk[None, :] * stride_wpk,
-                             mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-                acc = tl.trans(dot_acc(wp, tl.trans(zq), tl.zeros([BLOCK_M, BLOCK_P], dtype=ACC),
-                                       ALLOW_TF32, ACC))
-            else:
-                wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + mm[None, :] * stride_wpm,
-                             mask=mask_k[:, None] & mask_m[None, :], other=0.0)
-                acc = dot_acc(zq, wp, tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC), ALLOW_TF32, ACC)
-            store_output(acc, bp_ptr, y_ptr, n, p, mm, mask_p, mask_m, stride_yn, stride_yp,
-                         stride_ym, HAS_PW_BIAS, ACC)
+    if WIN > 1:
+        _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr, CM, M, H, W, OH, OW,
+                         n_rows, n_img_rows, stride_xn, stride_xc, stride_xh, stride_xw,
+                         stride_wdc, stride_wdw, stride_wpm, stride_wpk, stride_yn, stride_ym,
+                         stride_yp, pad_h, pad_w, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                         MULT, HAS_DW_BIAS, HAS_PW_BIAS, ALLOW_TF32, IDX64, ACC, EVEN_K, WIN,
+                         BLOCK_P // WIN, BLOCK_M, BLOCK_K)
     else:
-        mask_m = m < M
-        acc = tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC)
-        for k0 in range(0, CM, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K)
+        n, p, m = output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
+        mask_p = p < OH * OW
+        oh = p // OW
+        ow = p % OW
+        x_base = x_ptr + n * stride_xn
+        if Z_STATIONARY:
+            kk = tl.arange(0, BLOCK_K)
             if IDX64:
                 kk = kk.to(tl.int64)
             mask_k = kk < CM
             z = _dw_tile(x_base, wd_ptr, bd_ptr, kk, mask_k, oh, ow, mask_p, H, W, stride_xc,
-                         stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h,
-                         pad_w, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS,
-                         ACC, IDX64, True, False, False, BLOCK_P, BLOCK_K)
-            wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + m[None, :] * stride_wpm,
-                         mask=mask_k[:, None] & mask_m[None, :], other=0.0)
-            acc = dot_acc(z.to(wp_ptr.dtype.element_ty), wp, acc, ALLOW_TF32, ACC)
-        store_output(acc, bp_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp,
-                     stride_ym, HAS_PW_BIAS, ACC)
+                         stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h, pad_w,
+                         KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS, ACC,
+                         IDX64, UNROLL_KW, PIX_MAJOR, EVEN_K, BLOCK_P, BLOCK_K)
+            # (the place for an epilogue between the stages: per-channel scale/shift, activation)
+            zq = z.to(wp_ptr.dtype.element_ty)
+            for m0 in range(0, M, BLOCK_M):
+                mm = m0 + m
+                mask_m = mm < M
+                if PIX_MAJOR:
+                    # y^T = wp @ z^T: the outputs are the MMA's rows (BLOCK_M >= 64 for sm_90's
+                    # HGMMA), the pixels its columns, z^T its shared-memory operand
+                    wp = tl.load(wp_ptr + mm[:, None] * stride_wpm + kk[None, :] * stride_wpk,
+                                 mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                    acc = tl.trans(dot_acc(wp, tl.trans(zq),
+                                           tl.zeros([BLOCK_M, BLOCK_P], dtype=ACC),
+                                           ALLOW_TF32, ACC))
+                else:
+                    wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + mm[None, :] * stride_wpm,
+                                 mask=mask_k[:, None] & mask_m[None, :], other=0.0)
+                    acc = dot_acc(zq, wp, tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC), ALLOW_TF32, ACC)
+                store_output(acc, bp_ptr, y_ptr, n, p, mm, mask_p, mask_m, stride_yn, stride_yp,
+                             stride_ym, HAS_PW_BIAS, ACC)
+        else:
+            mask_m = m < M
+            acc = tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC)
+            for k0 in range(0, CM, BLOCK_K):
+                kk = k0 + tl.arange(0, BLOCK_K)
+                if IDX64:
+                    kk = kk.to(tl.int64)
+                mask_k = kk < CM
+                z = _dw_tile(x_base, wd_ptr, bd_ptr, kk, mask_k, oh, ow, mask_p, H, W, stride_xc,
+                             stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h,
+                             pad_w, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS,
+                             ACC, IDX64, True, False, False, BLOCK_P, BLOCK_K)
+                wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + m[None, :] * stride_wpm,
+                             mask=mask_k[:, None] & mask_m[None, :], other=0.0)
+                acc = dot_acc(z.to(wp_ptr.dtype.element_ty), wp, acc, ALLOW_TF32, ACC)
+            store_output(acc, bp_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp,
+                         stride_ym, HAS_PW_BIAS, ACC)
+
+
+@triton.jit
+def _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr, CM, M, H, W, OH, OW,
+                     n_rows, n_img_rows, stride_xn, stride_xc, stride_xh, stride_xw,
+                     stride_wdc, stride_wt, stride_wpm, stride_wpk, stride_yn, stride_ym,
+                     stride_yp, pad_h, pad_w, KH: tl.constexpr, KW: tl.constexpr,
+                     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr,
+                     DIL_W: tl.constexpr, MULT: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
+                     HAS_PW_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
+                     ACC: tl.constexpr, EVEN_K: tl.constexpr, WIN: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The z-stationary fused forward on register windows (``dsd_fwd_kernel``, WIN > 1)."""
+    n, oh, ow0, valid = _segments(tl.program_id(0), n_rows, n_img_rows, OH, BLOCK_R, WIN,
+                                  IDX64)
+    kk = tl.arange(0, BLOCK_K)
+    if IDX64:
+        kk = kk.to(tl.int64)
+    mask_k = kk < CM
+    x_base = x_ptr + (n * stride_xn)[:, None] + ((kk // MULT) * stride_xc)[None, :]
+    col0 = ow0 * STRIDE_W - pad_w
+    z = _zeros(BLOCK_R, BLOCK_K, WIN, ACC)
+    for kh in range(KH):
+        ih = oh * STRIDE_H - pad_h + kh * DIL_H
+        row_ok = valid & (ih >= 0) & (ih < H)
+        z = _window_row(z, x_base + (ih * stride_xh)[:, None], row_ok, wd_ptr, kk, mask_k, kh,
+                        col0, 0, 0, W, stride_xw, stride_wt, stride_wdc, KW, WIN, STRIDE_W,
+                        DIL_W, False, 0, False, EVEN_K, ACC)
+    # (the place for an epilogue between the stages: per-channel scale/shift, activation)
+    if HAS_DW_BIAS:
+        bd = tl.load(bd_ptr + kk, mask=mask_k, other=0.0).to(ACC)
+    zq = ()
+    for j in tl.static_range(WIN):
+        zj = z[j]
+        if HAS_DW_BIAS:
+            zj = zj + bd[None, :]
+        zq = zq + (zj.to(wp_ptr.dtype.element_ty),)
+    # output rows: pixel (n, oh, ow0 + j) of each segment
+    y_rows = y_ptr + n * stride_yn + (oh * OW + ow0) * stride_yp
+    for m0 in range(0, M, BLOCK_M):
+        mm = m0 + tl.arange(0, BLOCK_M)
+        mask_m = mm < M
+        wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + mm[None, :] * stride_wpm,
+                     mask=mask_k[:, None] & mask_m[None, :], other=0.0)
+        if HAS_PW_BIAS:
+            bp = tl.load(bp_ptr + mm, mask=mask_m, other=0.0).to(ACC)
+        for j in tl.static_range(WIN):
+            acc = dot_acc(zq[j], wp, tl.zeros([BLOCK_R, BLOCK_M], dtype=ACC), ALLOW_TF32, ACC)
+            if HAS_PW_BIAS:
+                acc += bp[None, :]
+            mask = (valid & (ow0 + j < OW))[:, None] & mask_m[None, :]
+            tl.store(y_rows[:, None] + j * stride_yp + mm[None, :] * stride_ym,
+                     acc.to(y_ptr.dtype.element_ty), mask=mask)

@@ -51,11 +51,12 @@ def depthwise_default(f: Fields, elem_bytes: int) -> Dict[str, int]:
 
 
 def depthwise_bwd_input_default(f: Fields, elem_bytes: int) -> Dict[str, int]:
-    """The input gradient's window tile is the forward's."""
-    return _window_tile(f, elem_bytes)
+    """The input gradient's window tile is the forward's, but 16-bit windows whose row of taps
+    spans more than 12 columns keep 2 outputs a segment (4 spill at 13x13 d2)."""
+    return _window_tile(f, elem_bytes, transposed=True)
 
 
-def _window_tile(f: Fields, elem_bytes: int) -> Dict[str, int]:
+def _window_tile(f: Fields, elem_bytes: int, transposed: bool = False) -> Dict[str, int]:
     kh, kw = ints(f["K"])
     oh, ow = ints(f["HW"])
     C = int(f["C"])
@@ -69,12 +70,16 @@ def _window_tile(f: Fields, elem_bytes: int) -> Dict[str, int]:
         block_c = min(_pow2(C), vec * 8)
         block_r = (32 // max(1, block_c // vec)) * warps
         # BLOCK_W accumulators of `vec` channels a thread beside a tap group's weights and
-        # the window's columns in flight: 8 stays under 255 registers on sm_80/sm_90 up to
-        # K = 13 (1D: K = 31) at stride 1 and multiplier 1; strided, multiplied or wider
-        # windows take 4
-        sw = ints(f["s"])[1]
-        fits = kw <= 13 or (kh == 1 and kw <= 31)
+        # the window's columns in flight: 8 stays under 255 registers on sm_80/sm_90 while a
+        # row's taps span (KW-1)*d <= 12 columns (fp32: 16; 1D: 30) at stride 1 and multiplier
+        # 1; strided, multiplied or wider windows take 4, wide 16-bit input gradients 2
+        # (measured by `inspect --sweep`: ptxas spills some narrower windows, not wider ones)
+        sw, dw = ints(f["s"])[1], ints(f["d"])[1]
+        span = (kw - 1) * dw
+        fits = span <= (12 if elem_bytes <= 2 else 16) or (kh == 1 and span <= 30)
         block_w = 8 if fits and sw == 1 and int(f["m"]) == 1 else 4
+        if transposed and elem_bytes <= 2 and kh > 1 and span > 12:
+            block_w = 2
     else:  # one channel, every lane a segment: the window is one thread's registers
         block_c, block_r, block_w = 1, 32 * warps, 32
     return dict(BLOCK_R=block_r, BLOCK_W=min(block_w, ow), BLOCK_C=block_c, num_warps=warps)
@@ -291,19 +296,22 @@ def _fused_dims(f: Fields):
 
 
 #: the z-stationary fused forward's z tile holds at most this many ACC words a thread on its
-#: FUSED_WARPS warps. channels_last: [128 x 128] or [64 x 256] fp32 on 8 warps, 64 registers,
-#: 160-255 in all with the taps' 16-byte loads in flight (twice that spills). NCHW builds the
-#: tile pixel-major with scalar loads (an address each): half that, [256 channels x 32 pixels]
+#: FUSED_WARPS warps. channels_last: [64 x 128] or [32 x 256] fp32 on 4 warps, 64 registers,
+#: built on register windows along W (``launchers.dsd_window``: 4 or 2 outputs a segment, each
+#: source column loaded once per kernel row), 170-215 registers in all. NCHW builds the tile
+#: pixel-major with scalar loads (an address each) on 8 warps: [256 channels x 32 pixels]
 #: (at 64 pixels Triton 3.6 spills on sm_80).
 FUSED_Z_WORDS = {"cl": 64, "nchw": 32}
-#: pixel rows of the z tile (min, max). channels_last: z is the MMA's A operand, whose rows
-#: are pixels: at least 64 (an sm_90 warpgroup's HGMMA), and at 128 on 8 warps each
-#: warpgroup owns its 64 rows (no replicated operand). NCHW: the product is transposed
+#: pixel rows of the z tile (min, max). channels_last: z is the MMA's A operand, one product a
+#: window position (BLOCK_P / WIN rows, at least 16: tl.dot's minimum); 64 pixels (392 programs
+#: at N=8 56x56, three even waves on 132 SMs) beat 128 (two uneven ones; and [128 x 64]
+#: 16-bit spills on sm_80) and the window (WIN 4 at 64 x 128) cuts the loads and converts
+#: per tap. NCHW: the product is transposed
 #: (y^T = wp @ z^T, z^T the shared-memory B operand), so pixels are the MMA's columns and
 #: BLOCK_M is the one held to >= 64; at least 32 pixels, since every program reads all of
 #: the pointwise weight (C*m*M elements per BLOCK_P pixels, from L2).
-FUSED_Z_ROWS = {"cl": (64, 128), "nchw": (32, 64)}
-FUSED_WARPS = 8
+FUSED_Z_ROWS = {"cl": (32, 64), "nchw": (32, 64)}
+FUSED_WARPS = {"cl": 4, "nchw": 8}
 #: under the interpreter the z-stationary path takes C*m <= 64 (the old interpreted BLOCK_K),
 #: so the test grid's wider layers (C*m = 80) keep exercising the recompute path
 FUSED_INTERP_Z_CAP = 64
@@ -314,39 +322,50 @@ def _np2(n: int) -> int:
 
 
 def fused_z_stationary_tile(CM: int, M: int, P: int, elem_bytes: int, layout: str = "cl"):
-    """(BLOCK_P, BLOCK_M, BLOCK_K) of the z-stationary fused forward (a program computes the
-    z of its pixels for all C*m channels once, then loops over every M block), or None when
-    C*m is too wide for it.
+    """(BLOCK_P, BLOCK_M, BLOCK_K, num_warps, num_stages) of the z-stationary fused forward (a
+    program computes the z of its pixels for all C*m channels once, then loops over every M
+    block), or None when C*m is too wide for it.
 
     BLOCK_K = next_pow2(C*m), at least 16 (tl.dot's minimum). BLOCK_P: what FUSED_Z_WORDS
-    allows within FUSED_Z_ROWS, else None: with an fp32 accumulator that caps C*m at 256
-    (fp64: 128). BLOCK_M: up to 128 (NCHW: at least 64). Shared memory holds the rounded z
-    tile, two stages of [BLOCK_K x BLOCK_M] pointwise weights and the output tile's layout
-    change: BLOCK_M (to 64) then BLOCK_P (to its minimum) halve to fit SMEM_LIMIT, else None (16-bit
-    channels_last C*m = 256 gets 64 x 64, 104 KiB; fp32 stops at 128, fp64 at 64). Not
-    DEFAULT_SMEM: these programs take 160-255 registers a thread, so one block runs per SM
-    whatever their shared memory; SMEM_LIMIT fits sm_80's per-block maximum."""
+    allows on FUSED_WARPS warps (fp64: 8) within FUSED_Z_ROWS; channels_last takes twice
+    the warps when 4 leave fewer than its minimum rows, else None. BLOCK_M: up to 128 (NCHW:
+    at least 64). Shared memory holds the rounded z tile, the stages of [BLOCK_K x BLOCK_M]
+    pointwise weights and the output tile's layout change: BLOCK_M (to 64), the stages (2,
+    then 1; not fp64) then BLOCK_P (to its minimum) give way to fit SMEM_LIMIT, else None
+    (16-bit channels_last C*m = 512 gets 32 x 64 on one stage, 100 KiB; fp32 stops at 256,
+    fp64 at 64). Not DEFAULT_SMEM: these programs take 120-255 registers a thread, so one
+    or two blocks run per SM whatever their shared memory; SMEM_LIMIT fits sm_80's per-block
+    maximum."""
     acc_words = 2 if elem_bytes == 8 else 1
     lo, hi = FUSED_Z_ROWS[layout]
     bk = max(16, _np2(CM))
-    bp = min(hi, FUSED_Z_WORDS[layout] * 32 * FUSED_WARPS // (bk * acc_words))
+    # fp64 builds z tap by tap (no windows, ``launchers.dsd_window``): on 8 warps, as before
+    warps = 8 if acc_words == 2 else FUSED_WARPS[layout]
+    bp = min(hi, FUSED_Z_WORDS[layout] * 32 * warps // (bk * acc_words))
+    if bp < lo and layout == "cl":
+        warps *= 2
+        bp = min(hi, FUSED_Z_WORDS[layout] * 32 * warps // (bk * acc_words))
     if bp < lo:
         return None
     bm_min = 64 if layout == "nchw" else 16
     bm = min(max(_np2(M), bm_min), 128)
-    while (bp * bk + 2 * bk * bm + bp * bm) * elem_bytes > SMEM_LIMIT:
+    stages = 2
+    while (bp * bk + stages * bk * bm + bp * bm) * elem_bytes > SMEM_LIMIT:
         if bm > 64:
             bm //= 2
+        elif stages > 1 and layout == "cl" and acc_words == 1:
+            stages = 1
         elif bp > max(lo, 32):
             bp //= 2
         else:
             return None
-    return min(bp, max(P, lo)), bm, bk
+    return min(bp, max(P, lo)), bm, bk, warps, stages
 
 
 def fused_default(f: Fields, elem_bytes: int) -> Dict[str, int]:
-    """z-stationary when C*m fits (``fused_z_stationary_tile``) on 8 warps: each program
-    computes its [BLOCK_P x C*m] z tile once and loops over all M.
+    """z-stationary when C*m fits (``fused_z_stationary_tile``; channels_last on 4 warps, 8
+    past C*m = 256; NCHW on 8): each program computes its [BLOCK_P x C*m] z tile once and
+    loops over all M.
 
     Wider layers recompute z per M block: a [BLOCK_P x BLOCK_M] output tile, z computed
     BLOCK_K channels at a time beside the accumulator. M <= 128: 64 pixels x 128 outputs
@@ -362,10 +381,11 @@ def fused_default(f: Fields, elem_bytes: int) -> Dict[str, int]:
         block_k = max(16, CM) if CM <= FUSED_INTERP_Z_CAP else 64
         return dict(BLOCK_P=min(max(P, 16), 256), BLOCK_M=block_m, BLOCK_K=block_k,
                     num_warps=4, num_stages=2)
-    zs = fused_z_stationary_tile(CM, M, P, elem_bytes, "cl" if f["layout"] == "cl" else "nchw")
+    layout = "cl" if f["layout"] == "cl" else "nchw"
+    zs = fused_z_stationary_tile(CM, M, P, elem_bytes, layout)
     if zs is not None:
-        bp, bm, bk = zs
-        return dict(BLOCK_P=bp, BLOCK_M=bm, BLOCK_K=bk, num_warps=FUSED_WARPS, num_stages=2)
+        bp, bm, bk, warps, stages = zs
+        return dict(BLOCK_P=bp, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps, num_stages=stages)
     if M > 128:
         return dict(BLOCK_P=min(max(P, 16), 64), BLOCK_M=256,
                     BLOCK_K=32 if f["layout"] == "cl" else 16, num_warps=8, num_stages=2)
@@ -384,7 +404,7 @@ def fused_space(f: Fields, elem_bytes: int) -> List[Dict[str, int]]:
     out = []
     for bp in _p2(32, max(32, min(P, 128))):
         for bm in _p2(16, max(16, min(M, 256))):
-            for bk in _p2(16, max(16, min(bk_zs, 256))):
+            for bk in _p2(16, max(16, min(bk_zs, 512))):
                 zs = bk >= CM
                 if not zs and bk > 64:
                     continue

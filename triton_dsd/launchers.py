@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from triton_dsd import _runtime, dispatch, registry, shapes
+from triton_dsd.kernels._common import MAX_UNROLL
 
 _INT32_MAX = 2**31 - 1
 _F = registry.FAMILIES
@@ -65,6 +66,12 @@ def _window(cfg: dict, width: int, multiple: int = 1) -> dict:
     return dict(cfg, BLOCK_W=max(bw, multiple))
 
 
+def _window_options(KH: int, KW: int) -> dict:
+    """Launch options of the window kernels: past MAX_UNROLL taps (the kernel-row loop) ptxas
+    caps some at 128 or 168 registers and spills a few bytes; allowing 255 keeps them whole."""
+    return dict(maxnreg=255) if KH * KW > MAX_UNROLL else {}
+
+
 def _taps(weight: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
     """(w, stride per tap, stride per channel) of a (C_out, 1, KH, KW) depthwise weight, whose
     tap t = kh*KW + kw is at t*stride_tap + c*stride_channel."""
@@ -104,7 +111,7 @@ def depthwise_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
             *x.stride(), stride_wt, stride_wc, *y.stride(), pt, pl,
             MULT=C_out // C_in, HAS_BIAS=bias is not None, EVEN_C=C_out % c["BLOCK_C"] == 0,
             EVEN_W=OW % c["BLOCK_W"] == 0, IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype),
-            **geo, **c)
+            **geo, **c, **_window_options(KH, KW))
         return y
 
     fields = fam.key(C_out, OH, OW, (KH, KW), stride, dilation, C_out // C_in, channels_last)
@@ -138,7 +145,8 @@ def depthwise_bwd_input(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tenso
             *grad.stride(), stride_wt, stride_wc, *dx.stride(), pt, pl,
             MULT=C_out // C_in, EVEN_C=C_in % c["BLOCK_C"] == 0, EVEN_W=W % c["BLOCK_W"] == 0,
             PHASE_W=pl % sw,
-            IDX64=needs_int64(grad, dx), ACC=acc_dtype(x.dtype), **geo, **c)
+            IDX64=needs_int64(grad, dx), ACC=acc_dtype(x.dtype), **geo, **c,
+            **_window_options(KH, KW))
         return dx
 
     fields = fam.key(C_in, H, W, (KH, KW), stride, dilation, C_out // C_in, channels_last)
@@ -384,6 +392,39 @@ def dsd_tap_options(x: torch.Tensor, CM: int, KW: int, cfg: dict) -> Tuple[bool,
     return not pix_major and KW * per_thread <= DSD_ROW_UNROLL_ELEMS, pix_major
 
 
+#: register windows of the z-stationary channels_last fused forward (``kernels/fused.py``,
+#: WIN): outputs a segment, the widest first. A window of WIN outputs loads and converts
+#: WIN + (KW-1)*DIL_W source columns a kernel row instead of WIN*KW
+DSD_WINDOWS = (4, 2)
+#: a window position's product z_j @ wp has BLOCK_P / WIN rows: tl.dot takes at least 16
+DSD_WINDOW_MIN_ROWS = 16
+#: ... and each z_j holds at least this many ACC words a thread (one 16-byte vector of 16-bit
+#: channels): below it a segment's tile is thinner than the program's threads and lanes repeat
+DSD_WINDOW_MIN_WORDS = 8
+#: kernel rows of at most this many taps: a row's weights (a vector of a thread's channels a
+#: tap, up to depthwise.TAP_GROUP at once) beside the windows spill past it (compile sweep:
+#: 1D k7 on [32 x 256], 2D k9 on [64 x 128], sm_90)
+DSD_WINDOW_MAX_KW = 5
+
+
+def dsd_window(x: torch.Tensor, CM: int, KW: int, cfg: dict, idx64: bool) -> int:
+    """WIN of a dsd_fwd launch: on the z-stationary path for channel-contiguous x (not
+    PIX_MAJOR) without 64-bit offsets, with KW <= DSD_WINDOW_MAX_KW and an fp32 accumulator
+    (fp64 words take two registers: a 5-tap row spills on [32 x 128]), the widest of
+    DSD_WINDOWS whose z_j [BLOCK_P / WIN, BLOCK_K] keeps DSD_WINDOW_MIN_ROWS rows and
+    DSD_WINDOW_MIN_WORDS words a thread; else 1 (tap by tap)."""
+    if (not dsd_z_stationary(CM, cfg) or idx64 or KW > DSD_WINDOW_MAX_KW
+            or x.dtype == torch.float64 or dsd_tap_options(x, CM, KW, cfg)[1]):
+        return 1
+    threads = 32 * cfg["num_warps"]
+    for win in DSD_WINDOWS:
+        rows = cfg["BLOCK_P"] // win
+        words = rows * cfg["BLOCK_K"] // threads
+        if rows >= DSD_WINDOW_MIN_ROWS and words >= DSD_WINDOW_MIN_WORDS:
+            return win
+    return 1
+
+
 def dsd_recompute_factor(CM: int, M: int, cfg: dict) -> int:
     """How many times the fused forward computes each depthwise output z[n, k, p] under
     ``cfg``: 1 on the z-stationary path, else once per M block (n_m_blocks)."""
@@ -407,21 +448,32 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     dw_bias, pw_bias = _contiguous(dw_bias), _contiguous(pw_bias)
     fam = _F["dsd_fwd"]
 
+    # taps flattened: tap (kh, kw) at (kh*KW + kw)*tap (the register windows read them so)
+    wd, tap, stride_wdc = _taps(dw_weight)
+
     def run(c):
         # z-stationary: one program per pixel block loops over every M block (n_mb = 1)
         n_pb, n_mb = triton.cdiv(OH * OW, c["BLOCK_P"]), dsd_recompute_factor(CM, M, c)
         unroll_kw, pix_major = dsd_tap_options(x, CM, KW, c)
+        idx64 = needs_int64(x, y)
+        win = dsd_window(x, CM, KW, c, idx64)
+        if win > 1:  # the windows walk a loop over kernel rows, each row's taps unrolled
+            unroll_kw = True
+        # register windows: N*OH image rows of cdiv(OW, win) segments, BLOCK_P // win a program
+        n_img_rows = N * OH
+        n_rows = n_img_rows * triton.cdiv(OW, win)
+        grid = triton.cdiv(n_rows, c["BLOCK_P"] // win) if win > 1 else N * n_pb * n_mb
         _runtime.launch(
-            fam.kernel, (N * n_pb * n_mb,),
-            x, dw_weight, dw_bias, pw_weight, pw_bias, y,
-            CM, M, H, W, OH, OW, n_pb, n_mb,
-            *x.stride(), *dw_weight.stride()[:1], *dw_weight.stride()[2:],
+            fam.kernel, (grid,),
+            x, wd, dw_bias, pw_weight, pw_bias, y,
+            CM, M, H, W, OH, OW, n_pb, n_mb, n_rows, n_img_rows,
+            *x.stride(), stride_wdc, KW * tap, tap,
             pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
             MULT=CM // C, HAS_DW_BIAS=dw_bias is not None,
             HAS_PW_BIAS=pw_bias is not None, ALLOW_TF32=allow_tf32(x.dtype),
-            IDX64=needs_int64(x, y), ACC=acc_dtype(x.dtype),
+            IDX64=idx64, ACC=acc_dtype(x.dtype),
             Z_STATIONARY=dsd_z_stationary(CM, c), UNROLL_KW=unroll_kw, PIX_MAJOR=pix_major,
-            EVEN_K=CM % c["BLOCK_K"] == 0, **geo, **c)
+            EVEN_K=CM % c["BLOCK_K"] == 0, WIN=win, **geo, **c)
         return y
 
     fields = fam.key(CM, M, OH, OW, (KH, KW), stride, dilation, CM // C, channels_last)

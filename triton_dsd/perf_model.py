@@ -61,6 +61,7 @@ LANES = 32
 ISSUE_RATE = SMS * SCHEDULERS * CLOCK_HZ * LANES  # thread-instructions / s (= FFMA / s)
 HBM_BYTES_S = 4.3e12  # achievable (the 4.8 TB/s datasheet number is not reached by copies)
 TENSOR_FLOPS = {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12, "float64": 67e12}
+HMMA_SHARE = 0.5  # of the tensor peak that warp-level HMMA (mma.sync, no HGMMA) reaches on sm_90
 LATENCY_S = 600e-9  # loaded HBM latency assumed for the Little's-law term
 MAX_WARPS_SM = 64
 MAX_BLOCKS_SM = 32
@@ -437,7 +438,8 @@ def model_launch(launch, stats: dict, sass: str, dtype: torch.dtype) -> LaunchMo
     per_sm = math.ceil(programs / SMS)
     active = min(per_sm, max(blocks, 1)) * warps
     waves = per_sm / (programs / SMS) * 4 / min(4, active)
-    in_flight = resident * LANES * load_bytes
+    # loads in flight: the warps an SM actually holds (a small grid leaves SMs part empty)
+    in_flight = min(resident, active) * LANES * load_bytes
     ideal = 0.0
     seen = set()
     for v in launch.args:
@@ -446,6 +448,8 @@ def model_launch(launch, stats: dict, sass: str, dtype: torch.dtype) -> LaunchMo
             ideal += _tensor_bytes(v)
     macs, tflops = _work(name, a)
     peak = TENSOR_FLOPS[str(dtype).replace("torch.", "")]
+    if mix.get("hmma") and not mix.get("hgmma"):
+        peak *= HMMA_SHARE  # warp-level mma.sync on Hopper
     t = dict(bytes=ideal / HBM_BYTES_S, issue=thread_instr / ISSUE_RATE * waves,
              ffma=macs / ISSUE_RATE * waves, tensor=tflops / peak * waves,
              latency=(ideal / (in_flight * SMS / LATENCY_S)) if in_flight else 0.0)
