@@ -625,7 +625,7 @@ def figure(models: Sequence[CaseModel], path: str,
         ax.barh([y + 0.2 for y in ys], before, height=0.4, label="before", color="#bbbbbb")
         ax.barh([y - 0.2 for y in ys], [m.pct_roofline for m in ok], height=0.4, label="now",
                 color="#1f77b4")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=2, frameon=False)
     else:
         ax.barh(list(ys), [m.pct_roofline for m in ok], color="#1f77b4")
     ax.set_yticks(list(ys))
