@@ -38,6 +38,7 @@ from triton_dsd.modules import (DepthwiseConv1d, DepthwiseConv2d, DepthwiseSepar
                                 DepthwiseSeparableDilatedConv2d, EagerDepthwiseSeparableDilatedConv1d,
                                 EagerDepthwiseSeparableDilatedConv2d, PointwiseConv1d, PointwiseConv2d)
 from triton_dsd.convert import FusedSequential, convert, to_eager
+from triton_dsd.compare import compare
 from triton_dsd.ops import use_triton
 
 __version__ = "0.1.0"
@@ -47,5 +48,5 @@ __all__ = [
     "dsd_conv2d", "DepthwiseConv1d", "DepthwiseConv2d", "PointwiseConv1d", "PointwiseConv2d",
     "DepthwiseSeparableDilatedConv1d", "DepthwiseSeparableDilatedConv2d",
     "EagerDepthwiseSeparableDilatedConv1d", "EagerDepthwiseSeparableDilatedConv2d", "convert",
-    "to_eager", "FusedSequential", "use_triton",
+    "to_eager", "FusedSequential", "use_triton", "compare",
 ]
