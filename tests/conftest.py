@@ -3,8 +3,6 @@ poisoned outputs, launch counting, the hypothesis seed, and the offline compile 
 once per test session)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from triton_dsd import _runtime, dispatch  # noqa: E402  (after TRITON_INTERPRET)
-from helpers import DEVICE, ENV_NO_INTERP  # noqa: E402
+from helpers import DEVICE, run_fresh  # noqa: E402
 
 if DEVICE == "cuda":
     # exact fp32 everywhere in the tests (eager convs and our GEMMs both follow this flag);
@@ -81,8 +79,7 @@ def compile_report(tmp_path_factory):
     with open(str(shared) + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not shared.exists():
-            out = subprocess.run([sys.executable, "-m", "triton_dsd.cli", "inspect", "--json"],
-                                 env=ENV_NO_INTERP, capture_output=True, text=True, timeout=900)
+            out = run_fresh("-m", "triton_dsd.cli", "inspect", "--json", timeout=900)
             assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
             shared.write_text(out.stdout)
         return json.loads(shared.read_text())

@@ -6,6 +6,8 @@ import itertools
 import math
 import os
 import random
+import subprocess
+import sys
 from typing import Callable, Dict, List, Sequence
 
 import torch
@@ -21,6 +23,14 @@ ENV_NO_INTERP = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 #: the environment for subprocesses that run kernels as the tests do (interpreted on CPU)
 ENV_AS_TESTS = dict(os.environ, **({"TRITON_INTERPRET": "1"} if DEVICE == "cpu" else {}))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def run_fresh(*args: str, env: Dict[str, str] = ENV_NO_INTERP,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python *args`` in a fresh process (``-c CODE`` or ``-m triton_dsd.cli ...``), with its
+    output captured as text; by default without the interpreter (it compiles for a GPU)."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
 #: fp32 GEMMs may use TF32 on a GPU (the conftest turns cuDNN's flag off for exact tests)
 TF32 = DEVICE == "cuda"
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from triton_dsd import bench, cost, plots
-from helpers import DEVICE, ENV_NO_INTERP, run_cli
+from helpers import DEVICE, run_cli, run_fresh
 
 
 def test_cost_article_example_same_padding():
@@ -82,8 +82,7 @@ def test_cost_cli_refuses_bad_values_in_one_line(argv, words, capsys):
 
 
 def test_bench_without_gpu_says_so_and_exits_0():
-    out = subprocess.run([sys.executable, "-m", "triton_dsd.cli", "bench"], capture_output=True,
-                         text=True, env=ENV_NO_INTERP, timeout=300)
+    out = run_fresh("-m", "triton_dsd.cli", "bench", timeout=300)
     if "no CUDA GPU" not in out.stdout:
         pytest.skip("a GPU is present")
     assert out.returncode == 0

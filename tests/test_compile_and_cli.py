@@ -96,9 +96,7 @@ def test_spills_are_detected_in_a_real_cubin():
     """A config known to spill (a 7x7 NCHW fused tile of 128 pixels on 4 warps) is flagged by
     the STACK bytes and the LDL/STL count that cuobjdump reports."""
     import json
-    import subprocess
-    import sys
-    from helpers import ENV_NO_INTERP
+    from helpers import run_fresh
     code = (
         "import json, torch\n"
         "from triton_dsd import _runtime, compile_report as cr, launchers as L, shapes\n"
@@ -113,8 +111,7 @@ def test_spills_are_detected_in_a_real_cubin():
         "comp = cr._compile(c.kernel, c.args, c.kwargs, 90)\n"
         "open('/tmp/_spill.cubin', 'wb').write(comp.asm['cubin'])\n"
         "print(json.dumps(cr.analyse('/tmp/_spill.cubin')))\n")
-    out = subprocess.run([sys.executable, "-c", code], env=ENV_NO_INTERP, capture_output=True,
-                         text=True, timeout=600)
+    out = run_fresh("-c", code)
     assert out.returncode == 0, out.stderr[-2000:]
     stats = json.loads(out.stdout.strip().splitlines()[-1])
     assert stats["stack_bytes"] > 0 and stats["ldl_stl"] > 0, stats
@@ -127,11 +124,9 @@ def test_a_malformed_stored_key_is_a_failing_row_not_a_traceback(tmp_path):
     problem is reported as an error row (exit 1), not a crash."""
     import json
     import os
-    import subprocess
-    import sys
     import triton
     from triton_dsd import store
-    from helpers import ENV_NO_INTERP
+    from helpers import ENV_NO_INTERP, run_fresh
     path = store.file_path(str(tmp_path), "depthwise_fwd", "gpu", "bfloat16")
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as f:
@@ -141,9 +136,8 @@ def test_a_malformed_stored_key_is_a_failing_row_not_a_traceback(tmp_path):
                                                              num_warps=4)}), f)
     env = dict(ENV_NO_INTERP, TRITON_DSD_CONFIG_DIR=str(tmp_path),
                XDG_CACHE_HOME=str(tmp_path / "empty_cache"))
-    out = subprocess.run([sys.executable, "-m", "triton_dsd.cli", "inspect", "--arch", "90",
-                          "--stored-only", "--json"], capture_output=True, text=True, env=env,
-                         timeout=300)
+    out = run_fresh("-m", "triton_dsd.cli", "inspect", "--arch", "90", "--stored-only",
+                    "--json", env=env, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
     rows = json.loads(out.stdout)
     assert len(rows) == 1 and "does not describe a depthwise_fwd problem" in rows[0]["error"]

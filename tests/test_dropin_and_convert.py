@@ -1,7 +1,5 @@
 """What a new user hit: convert fusing by class name, hooks and wrappers, state_dict keys,
 nn.Conv2d's positional order and unbatched inputs, the interpreter flag, autocast on the ops."""
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ import triton_dsd
 from triton_dsd import _runtime
 from triton_dsd.convert import FusedSequential
 from triton_dsd.testing import assert_close
-from helpers import DEVICE, ENV_NO_INTERP, ran
+from helpers import DEVICE, ran, run_fresh
 
 
 def _named(cls_name, forward):
@@ -190,8 +188,7 @@ def test_setting_triton_interpret_after_import_is_a_clear_error():
             "    triton_dsd.depthwise_conv2d(torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3))\n"
             "except RuntimeError as e:\n"
             "    print('ERR', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=ENV_NO_INTERP, capture_output=True,
-                         text=True, timeout=300)
+    out = run_fresh("-c", code, timeout=300)
     assert "ERR" in out.stdout and "before the first `import triton_dsd`" in out.stdout, \
         out.stdout + out.stderr
 

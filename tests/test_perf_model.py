@@ -2,18 +2,15 @@
 loop weighting, occupancy, and one real case compiled for sm_90 end to end."""
 import json
 import math
-import subprocess
-import sys
 
 from triton_dsd import perf_model as pm
 
-from helpers import ENV_NO_INTERP
+from helpers import run_fresh
 
 
 def run_cli(*argv):
     """The CLI in a fresh process without the interpreter (the model compiles for sm_90)."""
-    return subprocess.run([sys.executable, "-m", "triton_dsd.cli", *argv], capture_output=True,
-                          text=True, env=ENV_NO_INTERP, timeout=600)
+    return run_fresh("-m", "triton_dsd.cli", *argv)
 
 # a hand-written listing in cuobjdump's format: two nested loops and the trap loop after EXIT
 SASS = """

@@ -1,8 +1,6 @@
 """Device policy, determinism, and the tests' own ability to fail."""
 import contextlib
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,7 +8,7 @@ import torch.nn.functional as F
 
 import triton_dsd
 from triton_dsd import _runtime, launchers
-from helpers import DEVICE, check_depthwise, permuted_program_order
+from helpers import DEVICE, check_depthwise, permuted_program_order, run_fresh
 
 
 def test_cpu_without_interpreter_runs_eager():
@@ -26,7 +24,7 @@ def test_cpu_without_interpreter_runs_eager():
         "assert not triton_dsd.use_triton(x)\n"
         "print('eager-ok')\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = run_fresh("-c", code, env=env)
     assert out.returncode == 0 and "eager-ok" in out.stdout, out.stderr
 
 

@@ -2,8 +2,6 @@
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -13,7 +11,7 @@ import triton
 import triton_dsd
 from triton_dsd import _runtime, configs, dispatch, keys, problems, registry, store, tuning
 from triton_dsd.testing import assert_close
-from helpers import DEVICE, ENV_NO_INTERP, run_cli
+from helpers import DEVICE, ENV_NO_INTERP, run_cli, run_fresh
 
 PROB = problems.Problem(N=1, C=4, M=8, H=5, W=6, K=3, dilation=2, dtype=torch.float32,
                         layout="cl", device=torch.device(DEVICE))
@@ -244,9 +242,8 @@ def test_tune_cli_end_to_end_and_resume(tmp_path, capsys, fresh_dispatch):
     # the offline report compiles every stored config too (a GPU compile: not interpreted)
     env = dict(ENV_NO_INTERP, TRITON_DSD_CONFIG_DIR=str(tmp_path),
                XDG_CACHE_HOME=str(tmp_path / "empty_cache"))
-    rep = subprocess.run([sys.executable, "-m", "triton_dsd.cli", "inspect", "--arch", "90",
-                          "--json", "--stored-only"], capture_output=True, text=True, env=env,
-                         timeout=900)
+    rep = run_fresh("-m", "triton_dsd.cli", "inspect", "--arch", "90", "--json",
+                    "--stored-only", env=env, timeout=900)
     assert rep.returncode == 0, rep.stderr[-2000:]
     rows = json.loads(rep.stdout)
     assert len(rows) >= 20 and all(r["case"].startswith("stored") and r["ok"] for r in rows)

@@ -24,7 +24,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -197,6 +197,11 @@ def _count(pattern: str, sass: str) -> int:
 
 def analyse(cubin_path: str) -> Dict[str, int]:
     """Resource usage and instruction mix of one cubin (Triton's bundled cuobjdump)."""
+    return _read_cubin(cubin_path)[0]
+
+
+def _read_cubin(cubin_path: str) -> Tuple[Dict[str, int], str]:
+    """(resource usage and instruction mix, the SASS listing) of one cubin."""
     tool = _cuobjdump()
     usage = subprocess.run([tool, "--dump-resource-usage", cubin_path], capture_output=True,
                            text=True, check=True).stdout
@@ -212,7 +217,21 @@ def analyse(cubin_path: str) -> Dict[str, int]:
                 shared_bytes=field("SHARED"),
                 ldg128=_count(r"\bLDG(?:STS)?\.E(?:\.[A-Z0-9_]+)*\.128\b", sass),
                 hgmma=_count(r"\bHGMMA\.", sass), hmma=_count(r"\bHMMA\.", sass),
-                ffma=_count(r"\bFFMA\b", sass), fmul_fadd=_count(r"\b(?:FMUL|FADD)\b", sass))
+                ffma=_count(r"\bFFMA\b", sass), fmul_fadd=_count(r"\b(?:FMUL|FADD)\b", sass)), sass
+
+
+def compile_launch(kernel, args, kwargs, arch: int, cubin_path: str) -> Tuple[Dict[str, int], str]:
+    """Compile one captured launch for sm_<arch>, write its cubin to ``cubin_path`` and read it:
+    (stats, SASS). A resource usage that does not parse is an error, never "no spill"."""
+    compiled = _compile(kernel, args, kwargs, arch)
+    with open(cubin_path, "wb") as f:
+        f.write(compiled.asm["cubin"])
+    stats, sass = _read_cubin(cubin_path)
+    if stats["regs"] == 0:  # cuobjdump's output did not parse
+        raise RuntimeError(f"cannot read the resource usage of {cubin_path}")
+    # Triton's shared memory is dynamic: the cubin shows only the static part
+    stats["shared_bytes"] = max(stats["shared_bytes"], compiled.metadata.shared)
+    return stats, sass
 
 
 def _stored_cases(dirs: Sequence[str]) -> Dict[str, Callable[[], None]]:
@@ -294,15 +313,8 @@ def collect(archs: Sequence[int] = (80, 90), cubin_dir: Optional[str] = None,
             for arch in archs:
                 slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{name}_{case}_sm{arch}").strip("_")
                 try:
-                    compiled = _compile(kernel, args, kwargs, arch)
-                    path = os.path.join(out_dir, slug + ".cubin")
-                    with open(path, "wb") as f:
-                        f.write(compiled.asm["cubin"])
-                    stats = analyse(path)
-                    if stats["regs"] == 0:  # cuobjdump's output did not parse: never "no spill"
-                        raise RuntimeError(f"cannot read the resource usage of {path}")
-                    # Triton's shared memory is dynamic: the cubin shows only the static part
-                    stats["shared_bytes"] = max(stats["shared_bytes"], compiled.metadata.shared)
+                    stats, _ = compile_launch(kernel, args, kwargs, arch,
+                                              os.path.join(out_dir, slug + ".cubin"))
                     rows.append(Row(name, case, arch, **stats))
                 except Exception as e:  # reported as a failing row, never swallowed
                     rows.append(Row(name, case, arch, error=f"{type(e).__name__}: {e}"[:300]))

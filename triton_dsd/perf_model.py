@@ -42,7 +42,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import tempfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -469,18 +468,9 @@ def model_launch(launch, stats: dict, sass: str, dtype: torch.dtype) -> LaunchMo
 
 
 def _sass_and_stats(launch, arch: int, out_dir: str) -> Tuple[dict, str]:
-    compiled = compile_report._compile(launch.kernel, launch.args, launch.kwargs, arch)
     path = os.path.join(out_dir, f"{launch.kernel.fn.__name__}_{abs(hash(repr(launch.kwargs)))}"
                                  f"_sm{arch}.cubin")
-    with open(path, "wb") as f:
-        f.write(compiled.asm["cubin"])
-    stats = compile_report.analyse(path)
-    if stats["regs"] == 0:
-        raise RuntimeError(f"cannot read the resource usage of {path}")
-    stats["shared_bytes"] = max(stats["shared_bytes"], compiled.metadata.shared)
-    sass = subprocess.run([compile_report._cuobjdump(), "-sass", path], capture_output=True,
-                          text=True, check=True).stdout
-    return stats, sass
+    return compile_report.compile_launch(launch.kernel, launch.args, launch.kwargs, arch, path)
 
 
 # ----------------------------------------------------------------------------- per case
