@@ -1,5 +1,6 @@
 """``@triton.jit`` helpers shared by the kernels: the tensor-core product, tile decodes, pixel
-addressing, the bias + store epilogue and the atomic-or-store of split reductions.
+addressing, the bias + store epilogue, the atomic-or-store of split reductions, and the fused
+epilogues (per-channel scale/shift, activation).
 """
 import triton
 import triton.language as tl
@@ -51,8 +52,18 @@ def pixel_offsets(p, W_PIX, stride_h, stride_w, PIX_2D: tl.constexpr):
 def store_output(acc, b_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp, stride_ym,
                  HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
     """y[n, m, p] = acc[p, m] (+ b[m]), cast to y's dtype."""
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + m, mask=mask_m, other=0.0).to(ACC)[None, :]
+    store_output_epilogue(acc, b_ptr, None, None, y_ptr, n, p, m, mask_p, mask_m, stride_yn,
+                          stride_yp, stride_ym, HAS_BIAS, False, ACT_IDENTITY, ACC)
+
+
+@triton.jit
+def store_output_epilogue(acc, b_ptr, scale_ptr, shift_ptr, y_ptr, n, p, m, mask_p, mask_m,
+                          stride_yn, stride_yp, stride_ym, HAS_BIAS: tl.constexpr,
+                          HAS_AFFINE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr):
+    """y[n, m, p] = act((acc[p, m] (+ b[m])) (* scale[m] + shift[m])), cast to y's dtype
+    (``output_epilogue``; with HAS_AFFINE off and ACT_IDENTITY it is ``store_output``)."""
+    acc = output_epilogue(acc, b_ptr, scale_ptr, shift_ptr, m, mask_m, HAS_BIAS, HAS_AFFINE,
+                          ACT, ACC)
     y_ptrs = y_ptr + n * stride_yn + p[:, None] * stride_yp + m[None, :] * stride_ym
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_m[None, :])
 
@@ -65,3 +76,59 @@ def store_partial(ptrs, value, mask, ATOMIC: tl.constexpr):
         tl.atomic_add(ptrs, value, mask=mask)
     else:
         tl.store(ptrs, value, mask=mask)
+
+
+# activation codes of the fused epilogues (``triton_dsd.epilogue`` maps names to them)
+ACT_IDENTITY = tl.constexpr(0)
+ACT_RELU = tl.constexpr(1)
+ACT_RELU6 = tl.constexpr(2)
+ACT_SILU = tl.constexpr(3)
+ACT_GELU = tl.constexpr(4)
+ACT_GELU_TANH = tl.constexpr(5)
+ACT_HARDSWISH = tl.constexpr(6)
+
+
+@triton.jit
+def activation(v, ACT: tl.constexpr):
+    """act(v) elementwise, in v's (accumulator) dtype:
+    relu max(v, 0); relu6 min(max(v, 0), 6); silu v*sigmoid(v); gelu v/2*(1 + erf(v/sqrt 2));
+    gelu_tanh v/2*(1 + tanh(sqrt(2/pi)*(v + 0.044715 v^3))) = v*sigmoid(2*sqrt(2/pi)*(...));
+    hardswish v*min(max(v + 3, 0), 6)/6."""
+    if ACT == ACT_RELU:
+        v = tl.maximum(v, 0.0)
+    elif ACT == ACT_RELU6:
+        v = tl.minimum(tl.maximum(v, 0.0), 6.0)
+    elif ACT == ACT_SILU:
+        v = v * tl.sigmoid(v)
+    elif ACT == ACT_GELU:
+        v = 0.5 * v * (1.0 + tl.math.erf(v * 0.7071067811865476))
+    elif ACT == ACT_GELU_TANH:
+        v = v * tl.sigmoid(1.5957691216057308 * (v + 0.044715 * v * v * v))
+    elif ACT == ACT_HARDSWISH:
+        v = v * (tl.minimum(tl.maximum(v + 3.0, 0.0), 6.0) * (1.0 / 6.0))
+    return v
+
+
+@triton.jit
+def channel_epilogue(v, scale_ptr, shift_ptr, idx, mask, HAS_AFFINE: tl.constexpr,
+                     ACT: tl.constexpr, ACC: tl.constexpr, AXIS: tl.constexpr):
+    """act(v * scale[idx] + shift[idx]) with the channel vector idx along v's axis AXIS (a
+    folded batch norm: per-channel scale and shift), in ACC."""
+    if HAS_AFFINE:
+        s = tl.load(scale_ptr + idx, mask=mask, other=0.0).to(ACC)
+        t = tl.load(shift_ptr + idx, mask=mask, other=0.0).to(ACC)
+        if AXIS == 0:
+            v = v * s[:, None] + t[:, None]
+        else:
+            v = v * s[None, :] + t[None, :]
+    return activation(v, ACT)
+
+
+@triton.jit
+def output_epilogue(acc, b_ptr, scale_ptr, shift_ptr, m, mask_m, HAS_BIAS: tl.constexpr,
+                    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr):
+    """act((acc + b[m]) * scale[m] + shift[m]) of a GEMM tile acc [p, m] in ACC: the bias,
+    then a folded batch norm and an activation per output channel m (each part optional)."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + m, mask=mask_m, other=0.0).to(ACC)[None, :]
+    return channel_epilogue(acc, scale_ptr, shift_ptr, m, mask_m, HAS_AFFINE, ACT, ACC, 1)

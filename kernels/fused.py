@@ -2,7 +2,8 @@
 import triton
 import triton.language as tl
 
-from triton_dsd.kernels._common import dot_acc, output_tile, store_output
+from triton_dsd.kernels._common import (activation, channel_epilogue, dot_acc, output_tile,
+                                        store_output_epilogue)
 from triton_dsd.kernels.depthwise import _segments, _window_row, _zeros
 
 
@@ -88,8 +89,12 @@ def dsd_fwd_kernel(
     x_ptr,  # input x (N, C, H, W), any strides
     wd_ptr,  # depthwise weight (C*MULT, 1, KH, KW), any strides
     bd_ptr,  # depthwise bias (C*MULT,), contiguous; None when HAS_DW_BIAS is False
+    mid_scale_ptr,  # mid epilogue scale (C*MULT,), contiguous, ACC; None unless HAS_MID_AFFINE
+    mid_shift_ptr,  # mid epilogue shift (C*MULT,), contiguous, ACC; None unless HAS_MID_AFFINE
     wp_ptr,  # pointwise weight as (M, C*MULT) by strides
     bp_ptr,  # pointwise bias (M,), contiguous; None when HAS_PW_BIAS is False
+    out_scale_ptr,  # output epilogue scale (M,), contiguous, ACC; None unless HAS_OUT_AFFINE
+    out_shift_ptr,  # output epilogue shift (M,), contiguous, ACC; None unless HAS_OUT_AFFINE
     y_ptr,  # output y (N, M, OH, OW); its pixels flatten (stride_yp)
     CM, M, H, W, OH, OW, n_p_blocks, n_m_blocks, n_rows, n_img_rows,
     stride_xn, stride_xc, stride_xh, stride_xw,
@@ -100,17 +105,28 @@ def dsd_fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr, MULT: tl.constexpr,
-    HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr,
-    IDX64: tl.constexpr, ACC: tl.constexpr,
+    HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr,
+    HAS_MID_AFFINE: tl.constexpr, MID_ACT: tl.constexpr,
+    HAS_OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr,
+    ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, ACC: tl.constexpr,
     Z_STATIONARY: tl.constexpr, UNROLL_KW: tl.constexpr, PIX_MAJOR: tl.constexpr,
     EVEN_K: tl.constexpr, WIN: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """y[n, m, p] = sum_k z[n, k, p] * wp[m, k] + bp[m], where for p = (oh, ow)
-    z[n, k, oh, ow] = sum_{kh, kw} x[n, k // MULT, oh*S_H - pad_h + kh*D_H, ow*S_W - pad_w + kw*D_W] * wd[k, kh, kw] + bd[k].
+    """y[n, m, p] = act_out((sum_k v[n, k, p] * wp[m, k] + bp[m]) * out_scale[m] + out_shift[m]),
+    v[n, k, p] = act_mid(u[n, k, p] * mid_scale[k] + mid_shift[k]), where for p = (oh, ow)
+    u[n, k, oh, ow] = sum_{kh, kw} x[n, k // MULT, oh*S_H - pad_h + kh*D_H, ow*S_W - pad_w + kw*D_W] * wd[k, kh, kw] + bd[k].
 
-    z is computed in registers (ACC), rounded to the input dtype (as the unfused pair would
-    store it) and fed straight into tl.dot: it never touches global memory.
+    That is dw -> batch norm (eval, folded to a scale/shift per channel) -> activation ->
+    pointwise -> batch norm -> activation in one launch. Each part is optional: bd with
+    HAS_DW_BIAS, bp with HAS_PW_BIAS, the scale/shift pairs with HAS_MID_AFFINE (per
+    depthwise channel k) and HAS_OUT_AFFINE (per output channel m), the activations by their
+    codes MID_ACT and OUT_ACT (``_common.activation``; ACT_IDENTITY: none). With all four
+    off the kernel is the plain layer (no extra loads or instructions).
+
+    z = v is computed in registers (ACC), both epilogues in ACC; v is rounded to the input
+    dtype (as the unfused pair would store it) and fed straight into tl.dot: it never
+    touches global memory. y is cast on store.
 
     Z_STATIONARY (BLOCK_K >= CM): a program owns BLOCK_P pixels and every output channel. It
     computes its z tile [BLOCK_P, BLOCK_K] (all CM channels) once, then loops over the M
@@ -132,11 +148,13 @@ def dsd_fwd_kernel(
     Grid: (N * n_p_blocks * n_m_blocks,), M blocks of one pixel block adjacent.
     """
     if WIN > 1:
-        _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr, CM, M, H, W, OH, OW,
+        _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, mid_scale_ptr, mid_shift_ptr, wp_ptr, bp_ptr,
+                         out_scale_ptr, out_shift_ptr, y_ptr, CM, M, H, W, OH, OW,
                          n_rows, n_img_rows, stride_xn, stride_xc, stride_xh, stride_xw,
                          stride_wdc, stride_wdw, stride_wpm, stride_wpk, stride_yn, stride_ym,
                          stride_yp, pad_h, pad_w, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                         MULT, HAS_DW_BIAS, HAS_PW_BIAS, ALLOW_TF32, IDX64, ACC, EVEN_K, WIN,
+                         MULT, HAS_DW_BIAS, HAS_PW_BIAS, HAS_MID_AFFINE, MID_ACT,
+                         HAS_OUT_AFFINE, OUT_ACT, ALLOW_TF32, IDX64, ACC, EVEN_K, WIN,
                          BLOCK_P // WIN, BLOCK_M, BLOCK_K)
     else:
         n, p, m = output_tile(n_p_blocks, n_m_blocks, BLOCK_P, BLOCK_M, IDX64)
@@ -153,7 +171,9 @@ def dsd_fwd_kernel(
                          stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h, pad_w,
                          KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS, ACC,
                          IDX64, UNROLL_KW, PIX_MAJOR, EVEN_K, BLOCK_P, BLOCK_K)
-            # (the place for an epilogue between the stages: per-channel scale/shift, activation)
+            # the mid epilogue: per depthwise channel (z's axis 1), in ACC, before the rounding
+            z = channel_epilogue(z, mid_scale_ptr, mid_shift_ptr, kk, mask_k, HAS_MID_AFFINE,
+                                 MID_ACT, ACC, 1)
             zq = z.to(wp_ptr.dtype.element_ty)
             for m0 in range(0, M, BLOCK_M):
                 mm = m0 + m
@@ -170,8 +190,9 @@ def dsd_fwd_kernel(
                     wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + mm[None, :] * stride_wpm,
                                  mask=mask_k[:, None] & mask_m[None, :], other=0.0)
                     acc = dot_acc(zq, wp, tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC), ALLOW_TF32, ACC)
-                store_output(acc, bp_ptr, y_ptr, n, p, mm, mask_p, mask_m, stride_yn, stride_yp,
-                             stride_ym, HAS_PW_BIAS, ACC)
+                store_output_epilogue(acc, bp_ptr, out_scale_ptr, out_shift_ptr, y_ptr, n, p, mm,
+                                      mask_p, mask_m, stride_yn, stride_yp, stride_ym,
+                                      HAS_PW_BIAS, HAS_OUT_AFFINE, OUT_ACT, ACC)
         else:
             mask_m = m < M
             acc = tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC)
@@ -184,24 +205,32 @@ def dsd_fwd_kernel(
                              stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h,
                              pad_w, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS,
                              ACC, IDX64, True, False, False, BLOCK_P, BLOCK_K)
+                # the mid epilogue is per channel: it applies to each chunk on its own
+                z = channel_epilogue(z, mid_scale_ptr, mid_shift_ptr, kk, mask_k, HAS_MID_AFFINE,
+                                     MID_ACT, ACC, 1)
                 wp = tl.load(wp_ptr + kk[:, None] * stride_wpk + m[None, :] * stride_wpm,
                              mask=mask_k[:, None] & mask_m[None, :], other=0.0)
                 acc = dot_acc(z.to(wp_ptr.dtype.element_ty), wp, acc, ALLOW_TF32, ACC)
-            store_output(acc, bp_ptr, y_ptr, n, p, m, mask_p, mask_m, stride_yn, stride_yp,
-                         stride_ym, HAS_PW_BIAS, ACC)
+            store_output_epilogue(acc, bp_ptr, out_scale_ptr, out_shift_ptr, y_ptr, n, p, m,
+                                  mask_p, mask_m, stride_yn, stride_yp, stride_ym, HAS_PW_BIAS,
+                                  HAS_OUT_AFFINE, OUT_ACT, ACC)
 
 
 @triton.jit
-def _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr, CM, M, H, W, OH, OW,
+def _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, mid_scale_ptr, mid_shift_ptr, wp_ptr, bp_ptr,
+                     out_scale_ptr, out_shift_ptr, y_ptr, CM, M, H, W, OH, OW,
                      n_rows, n_img_rows, stride_xn, stride_xc, stride_xh, stride_xw,
                      stride_wdc, stride_wt, stride_wpm, stride_wpk, stride_yn, stride_ym,
                      stride_yp, pad_h, pad_w, KH: tl.constexpr, KW: tl.constexpr,
                      STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr,
                      DIL_W: tl.constexpr, MULT: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
-                     HAS_PW_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
-                     ACC: tl.constexpr, EVEN_K: tl.constexpr, WIN: tl.constexpr,
+                     HAS_PW_BIAS: tl.constexpr, HAS_MID_AFFINE: tl.constexpr,
+                     MID_ACT: tl.constexpr, HAS_OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr,
+                     ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, ACC: tl.constexpr,
+                     EVEN_K: tl.constexpr, WIN: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The z-stationary fused forward on register windows (``dsd_fwd_kernel``, WIN > 1)."""
+    """The z-stationary fused forward on register windows (``dsd_fwd_kernel``, WIN > 1): the
+    mid epilogue applies to each window position's z_j, the output epilogue to each product."""
     n, oh, ow0, valid = _segments(tl.program_id(0), n_rows, n_img_rows, OH, BLOCK_R, WIN,
                                   IDX64)
     kk = tl.arange(0, BLOCK_K)
@@ -217,14 +246,20 @@ def _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr, CM, M, H, W, 
         z = _window_row(z, x_base + (ih * stride_xh)[:, None], row_ok, wd_ptr, kk, mask_k, kh,
                         col0, 0, 0, W, stride_xw, stride_wt, stride_wdc, KW, WIN, STRIDE_W,
                         DIL_W, False, 0, False, EVEN_K, ACC)
-    # (the place for an epilogue between the stages: per-channel scale/shift, activation)
+    # the depthwise bias and the mid epilogue (per channel, in ACC) on each window position
     if HAS_DW_BIAS:
         bd = tl.load(bd_ptr + kk, mask=mask_k, other=0.0).to(ACC)
+    if HAS_MID_AFFINE:
+        mid_s = tl.load(mid_scale_ptr + kk, mask=mask_k, other=0.0).to(ACC)
+        mid_t = tl.load(mid_shift_ptr + kk, mask=mask_k, other=0.0).to(ACC)
     zq = ()
     for j in tl.static_range(WIN):
         zj = z[j]
         if HAS_DW_BIAS:
             zj = zj + bd[None, :]
+        if HAS_MID_AFFINE:
+            zj = zj * mid_s[None, :] + mid_t[None, :]
+        zj = activation(zj, MID_ACT)
         zq = zq + (zj.to(wp_ptr.dtype.element_ty),)
     # output rows: pixel (n, oh, ow0 + j) of each segment
     y_rows = y_ptr + n * stride_yn + (oh * OW + ow0) * stride_yp
@@ -235,10 +270,16 @@ def _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr, CM, M, H, W, 
                      mask=mask_k[:, None] & mask_m[None, :], other=0.0)
         if HAS_PW_BIAS:
             bp = tl.load(bp_ptr + mm, mask=mask_m, other=0.0).to(ACC)
+        if HAS_OUT_AFFINE:
+            out_s = tl.load(out_scale_ptr + mm, mask=mask_m, other=0.0).to(ACC)
+            out_t = tl.load(out_shift_ptr + mm, mask=mask_m, other=0.0).to(ACC)
         for j in tl.static_range(WIN):
             acc = dot_acc(zq[j], wp, tl.zeros([BLOCK_R, BLOCK_M], dtype=ACC), ALLOW_TF32, ACC)
             if HAS_PW_BIAS:
                 acc += bp[None, :]
+            if HAS_OUT_AFFINE:
+                acc = acc * out_s[None, :] + out_t[None, :]
+            acc = activation(acc, OUT_ACT)
             mask = (valid & (ow0 + j < OW))[:, None] & mask_m[None, :]
             tl.store(y_rows[:, None] + j * stride_yp + mm[None, :] * stride_ym,
                      acc.to(y_ptr.dtype.element_ty), mask=mask)

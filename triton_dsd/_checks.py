@@ -102,3 +102,18 @@ def check_pointwise(where: str, C: int, weight, bias, n_spatial: int, ref_name: 
             raise ValueError(f"{where}: `{b_name}` must have shape ({M},) to match `{w_name}`; "
                              f"got {tuple(bias.shape)}")
     return M
+
+
+def check_channel_vector(where: str, name: str, t, channels: int, ref: torch.Tensor,
+                         what: str) -> None:
+    """A per-channel epilogue vector (scale or shift): a floating 1D tensor of ``channels``
+    elements on ``ref``'s device (any floating dtype: it is used in the accumulator dtype)."""
+    if t is None:
+        return
+    check_tensor(where, name, t, 1, f"({channels},), one per {what}")
+    if t.shape[0] != channels:
+        raise ValueError(f"{where}: `{name}` must have shape ({channels},), one per {what}; got "
+                         f"{tuple(t.shape)}")
+    if t.device != ref.device:
+        raise ValueError(f"{where}: `{name}` is on {t.device} but `x` is on {ref.device}; they "
+                         f"must be on the same device")

@@ -33,6 +33,7 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
 from triton_dsd import _runtime, dispatch, launchers, problems, registry, shapes, store
+from triton_dsd.epilogue import ACTIVATIONS, Epilogue
 
 #: shared memory per block the hardware allows (bytes, opt-in maximum)
 SHARED_LIMIT = {80: 166912, 90: 232448}
@@ -102,6 +103,13 @@ def _cases() -> Dict[str, Callable[[], None]]:
 
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     b128 = torch.empty(128, dtype=bf16)
+
+    def bn(mid_act, out_act, CM=128, M=128):
+        """Folded batch norms (fp32 scale/shift) on both sides of the pointwise, with the
+        named activations."""
+        v = lambda n: torch.empty(n, dtype=fp32)  # noqa: E731
+        return Epilogue(v(CM), v(CM), ACTIVATIONS[mid_act], v(M), v(M), ACTIVATIONS[out_act])
+
     return {
         "fwd bf16 NHWC k3 d2": lambda: L.depthwise_fwd(
             img(bf16, True), w(128, 3, bf16), b128, (1, 1), same(3, 2), (2, 2), True),
@@ -139,6 +147,12 @@ def _cases() -> Dict[str, Callable[[], None]]:
         "fused bf16 NHWC k3 d2 C128 M128": lambda: L.dsd_fwd(
             img(bf16, True), w(128, 3, bf16), b128, w2(128, 128, bf16), b128, (1, 1), same(3, 2),
             (2, 2), True),
+        "fused bf16 NHWC k3 d2 C128 M128 +bn+relu6/+bn": lambda: L.dsd_fwd(
+            img(bf16, True), w(128, 3, bf16), b128, w2(128, 128, bf16), b128, (1, 1), same(3, 2),
+            (2, 2), True, epilogue=bn("relu6", "identity")),
+        "fused bf16 NCHW k3 C128 M128 +bn+silu/+bn+silu": lambda: L.dsd_fwd(
+            img(bf16, False), w(128, 3, bf16), b128, w2(128, 128, bf16), b128, (1, 1),
+            same(3, 1), (1, 1), False, epilogue=bn("silu", "silu")),
         "fused fp16 NCHW k7 C128 M64": lambda: L.dsd_fwd(
             img(fp16, False), w(128, 7, fp16), None, w2(64, 128, fp16), None, (1, 1), same(7, 1),
             (1, 1), False),

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from triton_dsd import _checks, ops, shapes
+from triton_dsd import _checks, epilogue, ops, shapes
 from triton_dsd.shapes import Padding
 
 IntOrTuple = Union[int, Sequence[int]]
@@ -38,7 +38,7 @@ def _geometry(where: str, dim: int, x: Tensor, kernel, stride, padding, dilation
     """(stride, pads, dilation) as the 2D ops take them, validated, output checked non-empty."""
     stride = shapes.positive_tuple(where, "stride", stride, dim)
     dilation = shapes.positive_tuple(where, "dilation", dilation, dim)
-    pads = shapes.resolve_padding(padding, kernel, stride, dilation, where)
+    pads = shapes.resolve_padding(padding, kernel, stride, dilation, where, x.shape[2:])
     shapes.check_out_sizes(where, x.shape[2:], kernel, stride, pads, dilation)
     if dim == 1:
         return (1,) + stride, (0, 0) + pads, (1,) + dilation
@@ -71,8 +71,31 @@ def _pointwise(where: str, dim: int, x, weight, bias, deterministic) -> Tensor:
     return _finish(y, dim, unbatched)
 
 
+def _epilogue(where: str, x: Tensor, CM: int, M: int, mid_scale, mid_shift, mid_act,
+              out_scale, out_shift, out_act) -> epilogue.Epilogue:
+    """The checked epilogue of a fused call: vectors in the accumulator dtype, contiguous (a
+    scale without a shift gets zeros, a shift without a scale ones)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    parts = []
+    for (scale, shift, n, what, prefix) in ((mid_scale, mid_shift, CM,
+                                             "depthwise output channel (C*m)", "mid"),
+                                            (out_scale, out_shift, M, "output channel (M)",
+                                             "out")):
+        _checks.check_channel_vector(where, f"{prefix}_scale", scale, n, x, what)
+        _checks.check_channel_vector(where, f"{prefix}_shift", shift, n, x, what)
+        if scale is None and shift is None:
+            parts.append((None, None))
+            continue
+        scale = x.new_ones(n, dtype=acc) if scale is None else scale.to(acc).contiguous()
+        shift = x.new_zeros(n, dtype=acc) if shift is None else shift.to(acc).contiguous()
+        parts.append((scale, shift))
+    return epilogue.Epilogue(*parts[0], epilogue.act_code(where, "mid_act", mid_act),
+                             *parts[1], epilogue.act_code(where, "out_act", out_act))
+
+
 def _dsd(where: str, dim: int, x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
-         dilation, fused, deterministic) -> Tensor:
+         dilation, fused, deterministic, mid_scale=None, mid_shift=None, mid_act=None,
+         out_scale=None, out_shift=None, out_act=None) -> Tensor:
     if pw_weight is None:
         raise TypeError(f"{where}: `pw_weight` is required (the 1x1 weight (M, C*m"
                         f"{', 1' * dim})); the biases are optional")
@@ -80,11 +103,13 @@ def _dsd(where: str, dim: int, x, dw_weight, dw_bias, pw_weight, pw_bias, stride
         x, dw_weight, dw_bias, pw_weight, pw_bias)
     x, unbatched = _batched(x, dim)
     C, m = _checks.check_depthwise(where, x, dw_weight, dw_bias, dim, "dw_weight", "dw_bias")
-    _checks.check_pointwise(where, C * m, pw_weight, pw_bias, dim, "x", x, "pw_weight",
-                            "pw_bias")
+    M = _checks.check_pointwise(where, C * m, pw_weight, pw_bias, dim, "x", x, "pw_weight",
+                                "pw_bias")
+    epi = _epilogue(where, x, C * m, M, mid_scale, mid_shift, mid_act, out_scale, out_shift,
+                    out_act)
     geo = _geometry(where, dim, x, tuple(dw_weight.shape[2:]), stride, padding, dilation)
     y = ops.dsd(_as_2d(x, dim), _as_2d(dw_weight, dim), dw_bias, _as_2d(pw_weight, dim),
-                pw_bias, *geo, bool(fused), _deterministic(deterministic))
+                pw_bias, *geo, bool(fused), _deterministic(deterministic), epi)
     return _finish(y, dim, unbatched)
 
 
@@ -136,7 +161,10 @@ def pointwise_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *
 def dsd_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
                pw_weight: Optional[Tensor] = None, pw_bias: Optional[Tensor] = None,
                stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
-               fused: bool = True, *, deterministic: Optional[bool] = None) -> Tensor:
+               fused: bool = True, *, mid_scale: Optional[Tensor] = None,
+               mid_shift: Optional[Tensor] = None, mid_act: Optional[str] = None,
+               out_scale: Optional[Tensor] = None, out_shift: Optional[Tensor] = None,
+               out_act: Optional[str] = None, deterministic: Optional[bool] = None) -> Tensor:
     """The depthwise-separable dilated conv: ``F.conv2d(F.conv2d(x, dw_weight, dw_bias, stride,
     padding, dilation, groups=C), pw_weight, pw_bias)``.
 
@@ -145,16 +173,29 @@ def dsd_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
     fused=True: the forward is ONE kernel (the depthwise output stays on chip) and the
     backward keeps only x, recomputing the depthwise output. fused=False: two kernels, and the
     backward keeps x and the depthwise output, as eager does.
+
+    Epilogues (``triton_dsd.epilogue``; inside the fused kernel, eager between the two kernels
+    when fused=False): between the stages ``z -> mid_act(z * mid_scale + mid_shift)`` per
+    depthwise channel, and after the pointwise ``y -> out_act(y * out_scale + out_shift)`` per
+    output channel. An eval-mode batch norm is ``epilogue.fold_batch_norm(bn, dtype)``;
+    activations: identity (None), relu, relu6, silu, gelu, gelu_tanh, hardswish. Scales and
+    shifts are used in float32 (float64 for float64 inputs) and get gradients.
     """
     return _dsd("triton_dsd.dsd_conv2d", 2, x, dw_weight, dw_bias, pw_weight, pw_bias, stride,
-                padding, dilation, fused, deterministic)
+                padding, dilation, fused, deterministic, mid_scale, mid_shift, mid_act,
+                out_scale, out_shift, out_act)
 
 
 def dsd_conv1d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
                pw_weight: Optional[Tensor] = None, pw_bias: Optional[Tensor] = None,
                stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
-               fused: bool = True, *, deterministic: Optional[bool] = None) -> Tensor:
+               fused: bool = True, *, mid_scale: Optional[Tensor] = None,
+               mid_shift: Optional[Tensor] = None, mid_act: Optional[str] = None,
+               out_scale: Optional[Tensor] = None, out_shift: Optional[Tensor] = None,
+               out_act: Optional[str] = None, deterministic: Optional[bool] = None) -> Tensor:
     """1D depthwise-separable dilated conv (padding may be 'causal'); weights (C*m, 1, K),
-    (M, C*m, 1). Runs as the 2D kernels on (N, C, 1, L) views."""
+    (M, C*m, 1); the epilogues as in :func:`dsd_conv2d`. Runs as the 2D kernels on
+    (N, C, 1, L) views."""
     return _dsd("triton_dsd.dsd_conv1d", 1, x, dw_weight, dw_bias, pw_weight, pw_bias, stride,
-                padding, dilation, fused, deterministic)
+                padding, dilation, fused, deterministic, mid_scale, mid_shift, mid_act,
+                out_scale, out_shift, out_act)

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from triton_dsd import _runtime, dispatch, registry, shapes
+from triton_dsd.epilogue import Epilogue
 from triton_dsd.kernels._common import MAX_UNROLL
 
 _INT32_MAX = 2**31 - 1
@@ -434,8 +435,14 @@ def dsd_recompute_factor(CM: int, M: int, cfg: dict) -> int:
 def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
             pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], stride: Sequence[int],
             pads: Sequence[int], dilation: Sequence[int], channels_last: bool,
-            cfg: Optional[dict] = None) -> torch.Tensor:
-    """y = pointwise(depthwise(x)) in ONE launch; the depthwise output stays on chip."""
+            cfg: Optional[dict] = None, epilogue: Optional[Epilogue] = None) -> torch.Tensor:
+    """y = pointwise(depthwise(x)) in ONE launch; the depthwise output stays on chip.
+
+    ``epilogue`` (``triton_dsd.epilogue.Epilogue``; None: none) adds the per-channel
+    scale/shift and activation between the stages (C*m channels) and after the pointwise (M
+    channels): y = act_out((act_mid(z * s_mid + t_mid) @ w_pw + b_pw) * s_out + t_out). A
+    scale turns its affine on (a missing shift is zero); a shift without its scale is an
+    error."""
     N, C, H, W = x.shape
     CM, _, KH, KW = dw_weight.shape
     M = pw_weight.shape[0]
@@ -446,6 +453,26 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
     syp = y.stride(3) if OW > 1 else y.stride(2)
     dw_bias, pw_bias = _contiguous(dw_bias), _contiguous(pw_bias)
+    epi = epilogue if epilogue is not None else Epilogue()
+
+    def affine(scale, shift, channels, where):
+        # (scale, shift) as the kernel reads them: contiguous, `channels` long (a missing
+        # shift is zeros in the accumulator dtype); (None, None) without a scale
+        if scale is None:
+            if shift is not None:
+                raise ValueError(f"dsd_fwd: the {where} epilogue has a shift but no scale")
+            return None, None
+        if shift is None:
+            shift = torch.zeros(channels, dtype=torch.float64 if x.dtype == torch.float64
+                                else torch.float32, device=scale.device)
+        for name, t in (("scale", scale), ("shift", shift)):
+            if t.numel() != channels:
+                raise ValueError(f"dsd_fwd: the {where} epilogue's {name} has {t.numel()} "
+                                 f"elements, not {channels}")
+        return scale.reshape(-1).contiguous(), shift.reshape(-1).contiguous()
+
+    mid_s, mid_t = affine(epi.mid_scale, epi.mid_shift, CM, "mid")
+    out_s, out_t = affine(epi.out_scale, epi.out_shift, M, "out")
     fam = _F["dsd_fwd"]
 
     # taps flattened: tap (kh, kw) at (kh*KW + kw)*tap (the register windows read them so)
@@ -465,12 +492,14 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
         grid = triton.cdiv(n_rows, c["BLOCK_P"] // win) if win > 1 else N * n_pb * n_mb
         _runtime.launch(
             fam.kernel, (grid,),
-            x, wd, dw_bias, pw_weight, pw_bias, y,
+            x, wd, dw_bias, mid_s, mid_t, pw_weight, pw_bias, out_s, out_t, y,
             CM, M, H, W, OH, OW, n_pb, n_mb, n_rows, n_img_rows,
             *x.stride(), stride_wdc, KW * tap, tap,
             pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
             MULT=CM // C, HAS_DW_BIAS=dw_bias is not None,
-            HAS_PW_BIAS=pw_bias is not None, ALLOW_TF32=allow_tf32(x.dtype),
+            HAS_PW_BIAS=pw_bias is not None, HAS_MID_AFFINE=mid_s is not None,
+            MID_ACT=int(epi.mid_act), HAS_OUT_AFFINE=out_s is not None,
+            OUT_ACT=int(epi.out_act), ALLOW_TF32=allow_tf32(x.dtype),
             IDX64=idx64, ACC=acc_dtype(x.dtype),
             Z_STATIONARY=dsd_z_stationary(CM, c), UNROLL_KW=unroll_kw, PIX_MAJOR=pix_major,
             EVEN_K=CM % c["BLOCK_K"] == 0, WIN=win, **geo, **c)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from triton_dsd import _runtime, launchers, shapes
+from triton_dsd import _runtime, epilogue, launchers, shapes
+from triton_dsd.epilogue import Epilogue
 from triton_dsd.shapes import is_channels_last_2d
 
 
@@ -56,20 +57,21 @@ def autocast_args(*tensors):
 _LIB = torch.library.Library("triton_dsd", "FRAGMENT")
 
 
-def _register_autocast(op) -> None:
-    """An Autocast kernel (CUDA and CPU) for a forward op: cast with :func:`autocast_args` at
-    the autocast dtype of the moment (bf16 or fp16), then run the op with autocast off, as
-    PyTorch does for its own convolutions. (``torch.library.register_autocast`` would fix one
-    dtype at registration.)"""
+def _register_autocast(op, n_cast: Optional[int] = None) -> None:
+    """An Autocast kernel (CUDA and CPU) for a forward op: cast its first ``n_cast`` arguments
+    (all when None) with :func:`autocast_args` at the autocast dtype of the moment (bf16 or
+    fp16), then run the op with autocast off, as PyTorch does for its own convolutions.
+    (``torch.library.register_autocast`` would fix one dtype at registration.)"""
     name = op._name
     for dev in ("cuda", "cpu"):
         key = "Autocast" + torch._C._dispatch_key_for_device(dev)
         excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
 
-        def kernel(_keyset, *args, _excluded=excluded):
-            args = autocast_args(*args)
+        def kernel(_keyset, *args, _excluded=excluded, **kwargs):
+            k = len(args) if n_cast is None else n_cast
+            args = autocast_args(*args[:k]) + tuple(args[k:])
             with torch._C._ExcludeDispatchKeyGuard(_excluded):
-                return op(*args)
+                return op(*args, **kwargs)
 
         _LIB.impl(name, kernel, key, with_keyset=True)
 
@@ -253,56 +255,142 @@ def pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], deterministic: 
 
 
 # --------------------------------------------------------------------------- fused layer
+#: positions of the dsd_fwd arguments autocast casts (x and the four weights/biases); the
+#: epilogue's scales and shifts stay in the accumulator dtype, as batch norm's do
+_DSD_CAST = 5
+
+
 @torch.library.custom_op("triton_dsd::dsd_fwd", mutates_args=())
 def dsd_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
             pw_bias: Optional[Tensor], stride: List[int], padding: List[int],
-            dilation: List[int], deterministic: bool) -> Tensor:
-    """The whole separable layer in ONE kernel launch; the depthwise output never leaves the chip."""
+            dilation: List[int], deterministic: bool, mid_scale: Optional[Tensor] = None,
+            mid_shift: Optional[Tensor] = None, mid_act: int = 0,
+            out_scale: Optional[Tensor] = None, out_shift: Optional[Tensor] = None,
+            out_act: int = 0) -> Tensor:
+    """The whole separable layer in ONE kernel launch; the depthwise output never leaves the
+    chip. With epilogues (``triton_dsd.epilogue``): act_out((act_mid(dw(x) * mid_scale +
+    mid_shift) @ pw + b) * out_scale + out_shift); scales and shifts come in pairs (both or
+    neither), contiguous, in the accumulator dtype."""
     _require_triton(x)
+    epi = Epilogue(mid_scale, mid_shift, mid_act, out_scale, out_shift, out_act)
     return launchers.dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
-                             dilation, is_channels_last_2d(x))
+                             dilation, is_channels_last_2d(x),
+                             epilogue=None if epi.is_identity else epi)
 
 
 @dsd_fwd.register_fake
-def _(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, deterministic):
+def _(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, deterministic,
+      mid_scale=None, mid_shift=None, mid_act=0, out_scale=None, out_shift=None, out_act=0):
     oh, ow = _out_hw(x, dw_weight, stride, padding, dilation)
     return _fake_like(x, (x.shape[0], pw_weight.shape[0], oh, ow), is_channels_last_2d(x))
 
 
 def _dsd_setup(ctx, inputs, output):
-    x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, deterministic = inputs
+    (x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, deterministic,
+     mid_scale, mid_shift, mid_act, out_scale, out_shift, out_act) = inputs
     # the only activation kept is x: z is recomputed in the backward
-    ctx.save_for_backward(x, dw_weight, dw_bias, pw_weight)
+    ctx.save_for_backward(x, dw_weight, dw_bias, pw_weight, pw_bias, mid_scale, mid_shift,
+                          out_scale, out_shift)
     ctx.geometry = (stride, padding, dilation)
     ctx.has_bias = (dw_bias is not None, pw_bias is not None)
+    ctx.acts = (mid_act, out_act)
     ctx.deterministic = deterministic
 
 
+_CHANNELS = (0, 2, 3)  # the axes a per-channel gradient sums over
+
+
+def _per_channel(v: Tensor) -> Tensor:
+    return v.view(1, -1, 1, 1)
+
+
 def _dsd_backward(ctx, grad):
-    x, dw_weight, dw_bias, pw_weight = ctx.saved_tensors
+    """Gradients of act_out((act_mid(u * s1 + t1) @ wp + bp) * s2 + t2), u = dw(x) + bd,
+    recomputing u from x (one depthwise forward; one more pointwise forward when the output
+    epilogue needs its input y0):
+        dy1 = dy * act_out'(y1)    ds2 = sum dy1 * y0    dt2 = sum dy1    dy0 = dy1 * s2
+        dv, dwp, dbp from the pointwise backward of dy0
+        da = dv * act_mid'(a)      ds1 = sum da * u      dt1 = sum da     du = da * s1
+        dx, dwd, dbd from the depthwise backward of du
+    (sums over the batch and pixels; the epilogue arithmetic in the accumulator dtype)."""
+    x, dw_weight, dw_bias, pw_weight, pw_bias, s1, t1, s2, t2 = ctx.saved_tensors
+    mid_act, out_act = ctx.acts
     need = ctx.needs_input_grad
     need_dwb, need_pwb = need[2] and ctx.has_bias[0], need[4] and ctx.has_bias[1]
-    z = depthwise_fwd(x, dw_weight, dw_bias, *ctx.geometry, ctx.deterministic)
-    need_z = need[0] or need[1] or need_dwb
-    dz, dpw, dpb = _pointwise_grads(grad, z, pw_weight, need_z, need[3], need_pwb,
-                                    ctx.deterministic)
+    det = ctx.deterministic
+    u = depthwise_fwd(x, dw_weight, dw_bias, *ctx.geometry, det)
+    has_mid = s1 is not None or mid_act != 0
+    has_out = s2 is not None or out_act != 0
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    d_s1 = d_t1 = d_s2 = d_t2 = None
+    if has_mid:
+        uf = u.to(acc)
+        a = uf * _per_channel(s1) + _per_channel(t1) if s1 is not None else uf
+        v = epilogue.act_forward(a, mid_act).to(x.dtype)
+    else:
+        v = u
+    dy0 = grad
+    if has_out:
+        dy1 = grad.to(acc)
+        need_y0 = out_act != 0 or (s2 is not None and need[12])
+        if need_y0:
+            y0 = pointwise_fwd(v, pw_weight, pw_bias, det).to(acc)
+        if out_act != 0:
+            y1 = y0 * _per_channel(s2) + _per_channel(t2) if s2 is not None else y0
+            dy1 = dy1 * epilogue.act_grad(y1, out_act)
+        if s2 is not None:
+            d_s2 = (dy1 * y0).sum(_CHANNELS) if need[12] else None
+            d_t2 = dy1.sum(_CHANNELS) if need[13] else None
+            dy1 = dy1 * _per_channel(s2)
+        dy0 = dy1.to(grad.dtype)
+    need_mid_grads = has_mid and (need[9] or need[10])
+    need_z = need[0] or need[1] or need_dwb or need_mid_grads
+    dv, dpw, dpb = _pointwise_grads(dy0, v, pw_weight, need_z, need[3], need_pwb, det)
     dx = ddw = ddb = None
     if need_z:
-        dx, ddw, ddb = _depthwise_grads(dz, x, dw_weight, ctx.geometry, need[0], need[1],
-                                        need_dwb, ctx.deterministic)
-    return dx, ddw, ddb, dpw, dpb, None, None, None, None
+        du = dv
+        if has_mid:
+            da = dv.to(acc)
+            if mid_act != 0:
+                da = da * epilogue.act_grad(a, mid_act)
+            if s1 is not None:
+                d_s1 = (da * uf).sum(_CHANNELS) if need[9] else None
+                d_t1 = da.sum(_CHANNELS) if need[10] else None
+                da = da * _per_channel(s1)
+            du = da.to(dv.dtype)
+        if need[0] or need[1] or need_dwb:
+            dx, ddw, ddb = _depthwise_grads(du, x, dw_weight, ctx.geometry, need[0], need[1],
+                                            need_dwb, det)
+    return (dx, ddw, ddb, dpw, dpb, None, None, None, None, d_s1, d_t1, None, d_s2, d_t2,
+            None)
 
 
 dsd_fwd.register_autograd(_dsd_backward, setup_context=_dsd_setup)
-_register_autocast(dsd_fwd)
+_register_autocast(dsd_fwd, _DSD_CAST)
+
+
+def _eager_epilogue(v: Tensor, scale: Optional[Tensor], shift: Optional[Tensor],
+                    act: int) -> Tensor:
+    """The epilogue eagerly, in the accumulator dtype, rounded back to v's dtype (as the
+    kernel rounds z before the GEMM and y on store)."""
+    if scale is None and act == 0:
+        return v
+    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    return epilogue.apply(v.to(acc), scale, shift, act).to(v.dtype)
 
 
 def dsd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
         pw_bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
-        dilation: Sequence[int], fused: bool, deterministic: bool) -> Tensor:
-    """The separable layer by the device policy: fused Triton, two Triton stages, or eager."""
+        dilation: Sequence[int], fused: bool, deterministic: bool,
+        epi: Optional[Epilogue] = None) -> Tensor:
+    """The separable layer by the device policy: fused Triton, two Triton stages, or eager
+    (with the epilogues, ``epi``, between and after: in the kernel when fused, eagerly
+    otherwise)."""
+    epi = epi or Epilogue()
     if use_triton(x) and fused:
         return dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, list(stride), list(padding),
-                       list(dilation), deterministic)
+                       list(dilation), deterministic, *epi)
     z = depthwise(x, dw_weight, dw_bias, stride, padding, dilation, deterministic)
-    return pointwise(z, pw_weight, pw_bias, deterministic)
+    z = _eager_epilogue(z, epi.mid_scale, epi.mid_shift, epi.mid_act)
+    y = pointwise(z, pw_weight, pw_bias, deterministic)
+    return _eager_epilogue(y, epi.out_scale, epi.out_shift, epi.out_act)

@@ -49,6 +49,7 @@ import torch
 import triton
 
 from triton_dsd import _runtime, compile_report, dispatch, launchers, problems
+from triton_dsd.epilogue import ACTIVATIONS, Epilogue
 from triton_dsd.kernels._common import MAX_UNROLL
 
 # ----------------------------------------------------------------------------- the machine
@@ -75,7 +76,7 @@ class Case:
     """One canonical case: a layer (``problems.Problem``) and what is run on it."""
     name: str
     problem: problems.Problem
-    op: str  # dw_fwd, dw_dx, dw_dw, pw_fwd, fused_fwd, layer
+    op: str  # dw_fwd, dw_dx, dw_dw, pw_fwd, fused_fwd, fused_fwd_bn, layer
 
     def outputs(self) -> int:
         """The elements 'instructions per output' divides by: y for forward ops, dx for dX,
@@ -118,6 +119,7 @@ def canonical_cases() -> List[Case]:
         Case("dw dW 1D NLC L4096 C256 K4", _p(**seq, K=4), "dw_dw"),
         Case("pw fwd NHWC 56² C128 M128", _p(**img, K=1), "pw_fwd"),
         Case("fused fwd NHWC 56² C=M=128 K3", _p(**img, K=3), "fused_fwd"),
+        Case("fused fwd NHWC 56² C=M=128 K3 +BN+ReLU6/+BN", _p(**img, K=3), "fused_fwd_bn"),
         Case("fused fwd NCHW 56² C=M=128 K3", _p(**img, K=3, layout="nchw"), "fused_fwd"),
         Case("fused fwd NHWC 28² C=M=256 K3", _p(16, 256, 256, 28, 28, K=3), "fused_fwd"),
         Case("fused fwd NHWC 14² C=M=512 K3", _p(32, 512, 512, 14, 14, K=3), "fused_fwd"),
@@ -146,6 +148,11 @@ def run_case(case: Case, t: Dict[str, torch.Tensor]) -> None:
         L.pointwise_fwd(t["x"], t["pw"], t["pb"], cl)
     elif case.op == "fused_fwd":
         L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl)
+    elif case.op == "fused_fwd_bn":  # eval BN folded between and after, ReLU6 between
+        cm, m = t["dw"].shape[0], t["pw"].shape[0]
+        ones = lambda n: torch.ones(n, device=t["x"].device)  # noqa: E731
+        epi = Epilogue(ones(cm), ones(cm) * 0.1, ACTIVATIONS["relu6"], ones(m), ones(m) * 0.1, 0)
+        L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl, epilogue=epi)
     elif case.op == "layer":  # ops._dsd_backward's launches after the fused forward
         L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl)
         z = L.depthwise_fwd(t["x"], t["dw"], t["db"], *geo, cl)
