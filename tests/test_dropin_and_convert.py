@@ -107,7 +107,9 @@ def test_parametrized_and_subclassed_convs_are_reported():
 def test_fused_sequential_keeps_the_checkpoint_keys(dim):
     conv = nn.Conv2d if dim == 2 else nn.Conv1d
     torch.manual_seed(0)
-    model = nn.Sequential(conv(4, 8, 3, padding=1, groups=4), conv(8, 5, 1), nn.ReLU()).to(DEVICE)
+    # (Tanh is no epilogue activation: the pair alone fuses; a ReLU there would join it as a
+    # SeparableChain, tests/test_real_blocks.py)
+    model = nn.Sequential(conv(4, 8, 3, padding=1, groups=4), conv(8, 5, 1), nn.Tanh()).to(DEVICE)
     ckpt = {k: v.clone() for k, v in model.state_dict().items()}
     fused = triton_dsd.convert(model)
     assert isinstance(fused, FusedSequential) and fused.fused_pairs == (("0", "1"),)
@@ -279,7 +281,7 @@ def test_to_eager_leaves_what_an_nn_conv_cannot_hold():
 def test_fused_sequential_slices_and_reconversion():
     torch.manual_seed(0)
     model = triton_dsd.convert(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4),
-                                             nn.Conv2d(4, 4, 1), nn.ReLU()))
+                                             nn.Conv2d(4, 4, 1), nn.Tanh()))
     assert model[0:2].fused_pairs == (("0", "1"),) and model[1:].fused_pairs == ()
     model.append(nn.Conv2d(4, 8, 3, padding=1, groups=4))
     model.append(nn.Conv2d(8, 2, 1))

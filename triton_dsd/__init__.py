@@ -36,7 +36,8 @@ from triton_dsd.functional import (depthwise_conv1d, depthwise_conv2d, dsd_conv1
                                    pointwise_conv1d, pointwise_conv2d)
 from triton_dsd.modules import (DepthwiseConv1d, DepthwiseConv2d, DepthwiseSeparableDilatedConv1d,
                                 DepthwiseSeparableDilatedConv2d, EagerDepthwiseSeparableDilatedConv1d,
-                                EagerDepthwiseSeparableDilatedConv2d, PointwiseConv1d, PointwiseConv2d)
+                                EagerDepthwiseSeparableDilatedConv2d, PointwiseConv1d, PointwiseConv2d,
+                                SeparableChain, Bypassed)
 from triton_dsd.convert import FusedSequential, convert, to_eager
 from triton_dsd.compare import compare
 from triton_dsd.ops import use_triton
@@ -48,5 +49,5 @@ __all__ = [
     "dsd_conv2d", "DepthwiseConv1d", "DepthwiseConv2d", "PointwiseConv1d", "PointwiseConv2d",
     "DepthwiseSeparableDilatedConv1d", "DepthwiseSeparableDilatedConv2d",
     "EagerDepthwiseSeparableDilatedConv1d", "EagerDepthwiseSeparableDilatedConv2d", "convert",
-    "to_eager", "FusedSequential", "use_triton", "compare",
+    "to_eager", "FusedSequential", "SeparableChain", "Bypassed", "use_triton", "compare",
 ]

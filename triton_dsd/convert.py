@@ -2,6 +2,16 @@
 
 ``convert(model)`` walks the model and, where it can prove the result equal:
 
+0. fuses chains ``depthwise conv -> [batch norm] -> [activation] -> 1x1 conv -> [batch norm]
+   -> [activation]`` found in each module's ``torch.fx`` trace (the whole model if it traces,
+   else its children, and so on), wherever the modules live (named attributes, Sequentials,
+   nested ones): each link a module called once on the previous link's output alone, which
+   nothing else uses; activations recognised by running them on probe values, never by class
+   name. Each chain is proven (float64 copies, train and eval, running statistics included)
+   and installed as a :class:`~triton_dsd.modules.SeparableChain` at the depthwise path and
+   :class:`~triton_dsd.modules.Bypassed` slots at the others, all holding their own modules'
+   parameter and buffer dictionaries: the same state_dict keys. In eval mode a chain is one
+   fused launch with its batch norms folded into the kernel's epilogues;
 1. replaces each of our eager separable modules (:class:`EagerDepthwiseSeparableDilatedConv1d/2d`)
    by :class:`DepthwiseSeparableDilatedConv1d/2d` (same children names, so the same state_dict
    keys);
@@ -11,11 +21,13 @@
    in train and in eval mode, shows its forward is exactly ``pointwise(depthwise(x))``: a class
    name proves nothing (a user's forward may put an activation between the two);
 3. inside an ``nn.Sequential``, fuses a depthwise conv immediately followed by a 1x1 conv
-   (stride 1, no padding, groups 1, matching channels): the Sequential becomes a
-   :class:`FusedSequential` whose children keep their names and parameters, so the model saves
-   and loads exactly the keys of the original, and the pair runs as one fused kernel;
-4. swaps every other depthwise ``nn.Conv1d/2d`` (groups == in_channels) for
-   ``DepthwiseConv1d/2d``.
+   (stride 1, no padding, groups 1, matching channels) with nothing else to fuse: the
+   Sequential becomes a :class:`FusedSequential` whose children keep their names and
+   parameters, so the model saves and loads exactly the keys of the original, and the pair
+   runs as one fused kernel;
+4. swaps every other depthwise ``nn.Conv1d/2d`` (groups == in_channels > 1) for
+   ``DepthwiseConv1d/2d`` (a proven TensorFlow-"SAME" conv such as timm's ``Conv2dSame`` with
+   ``padding='tf_same'``); a dense conv with one input channel (a grayscale stem) stays dense.
 
 Hooks registered on a converted module move with it (the very same hook dictionaries, so their
 handles still remove them). A pair whose convs carry hooks is converted but not fused, so the
@@ -37,13 +49,15 @@ import logging
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
-from triton_dsd import dispatch, functional as Fd, modules as M, shapes
+from triton_dsd import dispatch, epilogue, functional as Fd, modules as M, shapes
 
 log = logging.getLogger("triton_dsd")
 
 Conv = Union[nn.Conv1d, nn.Conv2d]
+_OURS = (M.DepthwiseConv1d, M.DepthwiseConv2d, M.PointwiseConv1d, M.PointwiseConv2d)
 
 #: the hook dictionaries of an nn.Module, moved as they are onto the module that replaces it
 _HOOK_ATTRS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
@@ -95,9 +109,19 @@ def _carry_hooks(old: nn.Module, new: nn.Module) -> nn.Module:
 
 
 def _depthwise_like(m: nn.Module) -> bool:
-    """An nn.Conv1d/2d (or subclass) with groups == in_channels and out a multiple of in."""
-    return (isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups == m.in_channels
+    """An nn.Conv1d/2d (or subclass) with groups == in_channels > 1 and out a multiple of in.
+
+    A dense conv with one input channel (a grayscale stem, in_channels == groups == 1) is also
+    a depthwise conv with multiplier M, but it stays dense: cuDNN's dense kernels cover it, our
+    depthwise kernels have never been timed on it (no GPU yet), and a stem runs once per image
+    (the note of issue 3/4 and the README say so)."""
+    return (isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups == m.in_channels > 1
             and m.out_channels % m.in_channels == 0)
+
+
+def _grayscale_stem(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups == m.in_channels == 1 and \
+        m.out_channels > 1 and any(k > 1 for k in m.kernel_size)
 
 
 _BASE_ATTRS = {}
@@ -140,10 +164,12 @@ def _is_pointwise(m: nn.Module, channels: int, dims: int) -> bool:
             and (m.padding in ("valid", "same") or all(p == 0 for p in m.padding)))
 
 
-def _depthwise_from(conv: Conv) -> nn.Module:
-    """Our depthwise drop-in holding the very Parameters (and hooks) of ``conv``."""
+def _depthwise_from(conv: Conv, padding=None) -> nn.Module:
+    """Our depthwise drop-in holding the very Parameters (and hooks) of ``conv`` (with
+    ``padding`` in place of the conv's own, e.g. 'tf_same' for timm's Conv2dSame)."""
     cls = M.DepthwiseConv1d if _dims(conv) == 1 else M.DepthwiseConv2d
-    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+              conv.padding if padding is None else padding,
               conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
               device="meta", dtype=conv.weight.dtype)
     new.weight, new.bias = conv.weight, conv.bias
@@ -186,7 +212,8 @@ def _example(dw: Conv) -> Tensor:
 PROOF_RTOL = 1e-9
 
 
-def _prove(module: nn.Module, build: Callable[[nn.Module], nn.Module], dw: Conv) -> Optional[str]:
+def _prove(module: nn.Module, build: Callable[[nn.Module], nn.Module], dw: Conv,
+           sizes: int = 1) -> Optional[str]:
     """None if ``build(module)`` computes what ``module`` does, else why not.
 
     Both run in float64 on CPU copies (so only rounding can differ, and a 1% change of the
@@ -198,7 +225,14 @@ def _prove(module: nn.Module, build: Callable[[nn.Module], nn.Module], dw: Conv)
     for attr in _HOOK_ATTRS:  # hooks on the module itself move to the replacement as they are
         getattr(original, attr, {}).clear()
     candidate = build(original)
-    x = _example(dw)
+    for x in [torch.nn.functional.pad(_example(dw), (0, i) * _dims(dw)) for i in range(sizes)]:
+        why = _compare_modes(original, candidate, x)
+        if why is not None:
+            return why
+    return None
+
+
+def _compare_modes(original: nn.Module, candidate: nn.Module, x: Tensor) -> Optional[str]:
     for training in (True, False):
         original.train(training)
         candidate.train(training)
@@ -309,9 +343,341 @@ def _convert_sequential(module: nn.Sequential, prefix: str,
     return _carry_hooks(module, new)
 
 
-def _convert(module: nn.Module, prefix: str, report: List[Replacement]) -> nn.Module:
+# --------------------------------------------------------------------------- chains
+_NORM = nn.modules.batchnorm._BatchNorm
+#: probe values of an activation: both signs, the kinks of relu6 and hardswish
+_PROBE = torch.cat([torch.linspace(-8.0, 8.0, 61, dtype=torch.float64),
+                    torch.tensor([-3.0, 0.0, 3.0, 6.0], dtype=torch.float64)])
+
+
+def _probe_activation(m: nn.Module) -> Optional[str]:
+    """The epilogue activation (``epilogue.ACTIVATIONS``) module ``m`` computes, found by
+    running a copy of it on probe values in train and eval mode (never by class name), or
+    None. Only modules without parameters, buffers or children qualify."""
+    if next(m.parameters(), None) is not None or next(m.buffers(), None) is not None or \
+            m._modules:
+        return None
+    probe = _deepcopy(m)
+    for attr in _HOOK_ATTRS:
+        getattr(probe, attr, {}).clear()
+    found = None
+    for training in (True, False):
+        probe.train(training)
+        try:
+            with torch.no_grad():
+                out = probe(_PROBE.view(1, 1, 1, -1).clone())
+        except Exception:  # noqa: BLE001 - not an elementwise module
+            return None
+        if not isinstance(out, Tensor) or out.shape != (1, 1, 1, _PROBE.numel()):
+            return None
+        out = out.reshape(-1)
+        names = [n for n, c in epilogue.ACTIVATIONS.items()
+                 if out.dtype == torch.float64
+                 and torch.allclose(out, epilogue.act_forward(_PROBE, c), rtol=0, atol=1e-12)]
+        if len(names) != 1 or (found is not None and names[0] != found):
+            return None
+        found = names[0]
+    return found
+
+
+def _norm_activation(m: nn.Module) -> Optional[str]:
+    """For a batch norm module (nn.BatchNorm1d/2d, SyncBatchNorm, or one that also applies an
+    activation after normalising, like timm's BatchNormAct2d with children ``act`` and
+    ``drop``): the activation it applies ('identity' for none); None if it is not such a
+    module. The chain's proof checks the claim."""
+    if not isinstance(m, _NORM):
+        return None
+    if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm):
+        return "identity"
+    if not set(m._modules) <= {"act", "drop"}:
+        return None
+    drop = m._modules.get("drop")
+    if drop is not None and _probe_activation(drop) != "identity":
+        return None
+    act = m._modules.get("act")
+    return "identity" if act is None else _probe_activation(act)
+
+
+def _same_padding_candidate(m: nn.Module) -> bool:
+    """A subclass of nn.Conv with a forward of its own that may be TensorFlow "SAME" padding
+    (timm's Conv2dSame keeps padding 0 and pads per input size in its forward); a proof on
+    two input sizes decides."""
+    return (isinstance(m, (nn.Conv1d, nn.Conv2d)) and type(m) not in (nn.Conv1d, nn.Conv2d)
+            and not isinstance(m, _OURS) and not torch.nn.utils.parametrize.is_parametrized(m)
+            and isinstance(m.weight, nn.Parameter)
+            and (m.bias is None or isinstance(m.bias, nn.Parameter))
+            and not m._modules and not m._buffers and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str) and all(p == 0 for p in m.padding)
+            and not set(vars(m)) - _base_attrs(nn.Conv1d if isinstance(m, nn.Conv1d)
+                                               else nn.Conv2d))
+
+
+def _dw_padding(m: nn.Module):
+    """The padding our kernels use for depthwise conv ``m``, or None if it is not one."""
+    if not _depthwise_like(m) or isinstance(m, _OURS):
+        return None
+    if _why_not_swappable(m) is None:
+        return m.padding
+    return "tf_same" if _same_padding_candidate(m) else None
+
+
+_NOTHING_FOLLOWS = "no 1x1 conv follows"
+
+
+@dataclasses.dataclass
+class _Chain:
+    """A proposed chain: the depthwise conv at ``dw_path`` and its links (path, module, role,
+    activation) in order; roles 'mid_norm', 'mid_act', 'pw', 'out_norm', 'out_act' and
+    'identity' (a module computing the identity, left in place)."""
+    dw_path: str
+    dw: nn.Module
+    padding: object
+    links: list
+    stop: str = ""
+
+    @property
+    def fusable(self) -> bool:
+        return any(r == "pw" for _, _, r, _ in self.links)
+
+    def modules(self):
+        return [self.dw] + [m for _, m, _, _ in self.links]
+
+
+def _parse_chain(dw_path: str, dw: nn.Module, padding, successors) -> _Chain:
+    """Read dw -> [norm] -> [act] -> pw -> [norm] -> [act] off ``successors`` (an iterator of
+    (path, module) called one after the other, each on the previous one's output alone, ending
+    with (why the line ends, None)); the chain stops at the first module that does not fit,
+    and says why in ``stop``."""
+    chain = _Chain(dw_path, dw, padding, [])
+    side, norm_seen, act_seen = "mid", False, False
+    channels = dw.out_channels
+    for path, m in successors:
+        if m is None:
+            chain.stop = path
+            break
+        if _has_hooks(m):
+            chain.stop = f"{path} carries hooks"
+            break
+        if _is_pointwise(m, channels, _dims(dw)) and _why_not_swappable(m) is None:
+            if side == "out":
+                break
+            chain.links.append((path, m, "pw", None))
+            side, norm_seen, act_seen, channels = "out", False, False, m.out_channels
+            continue
+        if isinstance(m, _NORM):
+            act = _norm_activation(m)
+            if act is None or norm_seen or act_seen or m.num_features != channels:
+                chain.stop = (f"{path} ({type(m).__name__}) is not a batch norm (+ activation) "
+                              f"that can follow here")
+                break
+            chain.links.append((path, m, f"{side}_norm", None if act == "identity" else act))
+            norm_seen, act_seen = True, act != "identity"
+            continue
+        act = _probe_activation(m)
+        if act == "identity":
+            chain.links.append((path, m, "identity", None))
+            continue
+        if act is None or act_seen:
+            what = "a second activation" if act else "not a batch norm, an activation of " + \
+                f"{tuple(epilogue.ACTIVATIONS)} or a 1x1 conv"
+            chain.stop = f"{path} ({type(m).__name__}) is {what}"
+            break
+        chain.links.append((path, m, f"{side}_act", act))
+        act_seen = True
+    while chain.links and chain.links[-1][2] == "identity":
+        chain.links.pop()
+    if not chain.fusable:
+        chain.stop = chain.stop or _NOTHING_FOLLOWS
+    return chain
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """Traces a module's forward down to the modules a chain is made of (convs, norms, the
+    layers our convert handles as a whole, parameter-free leaf modules)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, _NORM, M.SeparableChain, M.Bypassed,
+                          M._Separable, M._EagerSeparable, nn.Linear, nn.LayerNorm)):
+            return True
+        if set(m._modules) == {"depthwise", "pointwise"}:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _traced_chains(module: nn.Module) -> Optional[List[_Chain]]:
+    """The chains of ``module``'s traced forward (torch.fx), or None if it does not trace.
+    A link is a module called once in the whole graph, on the previous link's output alone,
+    which nothing else uses."""
+    try:
+        graph = _LeafTracer().trace(module)
+    except Exception:  # noqa: BLE001 - data-dependent control flow etc.: look one level down
+        return None
+    calls = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    shared = {id(m) for m, c in _instance_counts(module).items() if c > 1}
+
+    def succ(node):
+        """(path, module) of each next link; (why not, None) where the line ends."""
+        while True:
+            users = list(node.users)
+            if len(users) != 1:
+                yield f"{node.target}'s output has {len(users)} users", None
+                return
+            u = users[0]
+            if u.op == "output":
+                yield _NOTHING_FOLLOWS, None
+                return
+            if u.op != "call_module":
+                yield f"{node.target}'s output goes to {u.op} {getattr(u.target, '__name__', u.target)}", None
+                return
+            if u.args != (node,) or u.kwargs:
+                yield f"{u.target} takes other inputs too", None
+                return
+            m = module.get_submodule(u.target)
+            if calls[u.target] != 1 or id(m) in shared:
+                yield f"{u.target} is called or registered more than once", None
+                return
+            yield u.target, m
+            node = u
+
+    chains = []
+    for n in graph.nodes:
+        if n.op != "call_module" or calls[n.target] != 1:
+            continue
+        m = module.get_submodule(n.target)
+        padding = _dw_padding(m)
+        if padding is None or id(m) in shared or _has_hooks(m):
+            continue
+        chains.append(_parse_chain(n.target, m, padding, succ(n)))
+    return chains
+
+
+def _instance_counts(module: nn.Module) -> dict:
+    counts = {}
+    for _, m in module.named_modules(remove_duplicate=False):
+        counts[m] = counts.get(m, 0) + 1
+    return counts
+
+
+def _chain_head(chain: _Chain, head_path: str):
+    """(the SeparableChain, [(path, Bypassed)]) over the chain's very modules."""
+    slots, links = [], []
+    for path, m, role, act in chain.links:
+        if role == "identity":
+            continue
+        slot = M.Bypassed(m, head_path)
+        slots.append((path, slot))
+        links.append((slot, role, act))
+    return M.SeparableChain(chain.dw, links, chain.padding), slots
+
+
+def _prove_chain(chain: _Chain) -> Optional[str]:
+    """None if the chain's head computes what its modules do one after the other, in train and
+    in eval mode, in float64 on copies (and the batch norms' running statistics move alike
+    in training); else why not. 'tf_same' padding is checked on two input sizes."""
+    mods = chain.modules()
+    if any(t.is_meta for m in mods for t in itertools.chain(m.parameters(), m.buffers())):
+        return "it is on the meta device: nothing can be run to prove it"
+    xs = [_example(chain.dw)]
+    if chain.padding == "tf_same":
+        xs.append(torch.nn.functional.pad(xs[0], (0, 1) * _dims(chain.dw)))
+    for training in (True, False):
+        for x in xs:
+            want_mods = _deepcopy(nn.ModuleList(mods)).to(device="cpu", dtype=torch.float64)
+            got_mods = _deepcopy(nn.ModuleList(mods)).to(device="cpu", dtype=torch.float64)
+            for m in itertools.chain(want_mods, got_mods):
+                m.train(training)
+            proposal = _Chain(chain.dw_path, got_mods[0], chain.padding,
+                              [(p, got_mods[i + 1], r, a)
+                               for i, (p, _, r, a) in enumerate(chain.links)])
+            head, _ = _chain_head(proposal, chain.dw_path)
+            head.train(training)
+            try:
+                with torch.no_grad(), dispatch.defaults_only():
+                    want = x
+                    for m in want_mods[:len(chain.links) + 1]:
+                        want = m(want)
+                    got = head(x)
+            except Exception as e:  # noqa: BLE001 - it cannot run on such an input: not proven
+                return f"could not compare on a random input ({type(e).__name__}: {e})"
+            mode = "train" if training else "eval"
+            if want.shape != got.shape:
+                return f"its output shape differs from the modules' ({mode} mode)"
+            err = float((want - got).abs().max())
+            scale = float(want.abs().max().clamp_min(1e-30))
+            if not err <= PROOF_RTOL * scale:
+                return (f"the fused chain differs from its modules on a random input by "
+                        f"{err / scale:.3g} of the output ({mode} mode)")
+            for a, b in zip(want_mods.buffers(), got_mods.buffers()):
+                if a.shape != b.shape or not torch.allclose(a.double(), b.double(), rtol=1e-9,
+                                                            atol=1e-12):
+                    return f"the running statistics move differently ({mode} mode)"
+    return None
+
+
+def _set_path(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    root.get_submodule(parent)._modules[name] = new
+
+
+def _plain_sequential_pair(chain: _Chain, root: nn.Module) -> bool:
+    """A (depthwise, 1x1) pair of neighbours in one nn.Sequential with nothing else in the
+    chain: FusedSequential's business (its slices keep working)."""
+    if len(chain.links) != 1:
+        return False
+    parent, _, a = chain.dw_path.rpartition(".")
+    parent_b, _, b = chain.links[0][0].rpartition(".")
+    seq = root.get_submodule(parent)
+    if parent != parent_b or type(seq) not in (nn.Sequential, FusedSequential):
+        return False
+    names = list(seq._modules)
+    return names.index(b) == names.index(a) + 1
+
+
+def _convert_chains(module: nn.Module, prefix: str, report: List[Replacement]) -> bool:
+    """Fuse the proven chains found in ``module``'s traced forward; False if it does not trace
+    (its children are tried one by one)."""
+    chains = _traced_chains(module)
+    if chains is None:
+        return False
+    for chain in chains:
+        where = _join(prefix, chain.dw_path)
+        names = "+".join(type(m).__name__ for m in chain.modules())
+        if not chain.fusable:
+            if chain.stop == _NOTHING_FOLLOWS:  # a lone depthwise conv: swapped below
+                continue
+            report.append(Replacement(where, names, "", f"not fused with what follows "
+                                      f"({chain.stop}); converted alone"))
+            continue
+        if _plain_sequential_pair(chain, module):
+            continue
+        why = _prove_chain(chain)
+        if why is not None:
+            report.append(Replacement(where, names, "", f"not fused: {why}"))
+            continue
+        head, slots = _chain_head(chain, where)
+        fused = [f"{r}={type(m).__name__}" + (f"({a})" if a else "")
+                 for _, m, r, a in chain.links if r != "identity"]
+        mode = ("one fused launch in eval mode; in training the batch norms run eagerly "
+                "between the Triton stages" if any(r.endswith("norm") for _, _, r, _ in
+                                                     chain.links) else "one fused launch")
+        report.append(Replacement(where, names, "SeparableChain",
+                                  f"fused ({', '.join(fused)}; {mode}); proven equal on a "
+                                  f"random input, train and eval"))
+        _set_path(module, chain.dw_path, head)
+        for path, slot in slots:
+            _set_path(module, path, slot)
+            report.append(Replacement(_join(prefix, path), type(slot.original).__name__,
+                                      "Bypassed", f"computed by the fused chain at {where}"))
+    return True
+
+
+def _convert(module: nn.Module, prefix: str, report: List[Replacement],
+             traced: bool = False) -> nn.Module:
     if isinstance(module, (M._Separable, M.DepthwiseConv1d, M.DepthwiseConv2d,
-                           M.PointwiseConv1d, M.PointwiseConv2d)):
+                           M.PointwiseConv1d, M.PointwiseConv2d, M.SeparableChain, M.Bypassed)):
         return module
     name = type(module).__name__
     if type(module) in (M.EagerDepthwiseSeparableDilatedConv1d,
@@ -346,6 +712,14 @@ def _convert(module: nn.Module, prefix: str, report: List[Replacement]) -> nn.Mo
             report.append(Replacement(prefix, name, "", f"not fused: {why}"))
     if _depthwise_like(module):
         why = _why_not_swappable(module)
+        if why is not None and _same_padding_candidate(module):
+            same = _prove(module, lambda m: _depthwise_from(m, "tf_same"), module, sizes=2)
+            if same is None:
+                new = _depthwise_from(module, "tf_same")
+                report.append(Replacement(prefix, name, type(new).__name__,
+                                          "TensorFlow 'SAME' padding (padding='tf_same'), "
+                                          "proven equal on two input sizes"))
+                return new
         if why is not None:
             report.append(Replacement(prefix, name, "", why))
             return module
@@ -353,12 +727,19 @@ def _convert(module: nn.Module, prefix: str, report: List[Replacement]) -> nn.Mo
         report.append(Replacement(prefix, name, type(new).__name__,
                                   "hooks carried over" if _has_hooks(module) else ""))
         return new
-    if type(module) in (nn.Sequential, FusedSequential):  # pairs first, while still eager
+    if _grayscale_stem(module):
+        report.append(Replacement(prefix, name, "", "a dense conv with one input channel (a "
+                                  "grayscale stem) stays dense (see convert's docs)"))
+        return module
+    if not traced:  # chains through its forward (one trace covers every module below)
+        traced = _convert_chains(module, prefix, report)
+    if type(module) in (nn.Sequential, FusedSequential):  # pairs, while still eager
         module = _convert_sequential(module, prefix, report)
     for child_name in list(module._modules):
         child = module._modules[child_name]
         if child is not None:
-            module._modules[child_name] = _convert(child, _join(prefix, child_name), report)
+            module._modules[child_name] = _convert(child, _join(prefix, child_name), report,
+                                                   traced)
     return module
 
 
@@ -413,9 +794,6 @@ def _eager_conv(new: nn.Module) -> Conv:
     return _carry_hooks(new, old)
 
 
-_OURS = (M.DepthwiseConv1d, M.DepthwiseConv2d, M.PointwiseConv1d, M.PointwiseConv2d)
-
-
 def _why_not_eager(m: nn.Module, in_separable: bool = False) -> Optional[str]:
     """None if our drop-in ``m`` can become a plain nn.Conv with nothing lost, else why not."""
     if type(m) not in _OURS:
@@ -432,6 +810,10 @@ def _why_not_eager(m: nn.Module, in_separable: bool = False) -> Optional[str]:
 
 def _to_eager(module: nn.Module, prefix: str, report: List[Replacement]) -> nn.Module:
     name = type(module).__name__
+    if isinstance(module, (M.SeparableChain, M.Bypassed)):  # the original module, as it was
+        orig = module.conv if isinstance(module, M.SeparableChain) else module.original
+        report.append(Replacement(prefix, name, type(orig).__name__))
+        return _carry_hooks(module, orig)
     if isinstance(module, M._Separable):
         dw, pw = module.depthwise, module.pointwise
         why = _why_not_eager(dw, True) or _why_not_eager(pw, True)

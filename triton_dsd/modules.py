@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _module_hooks
 
-from triton_dsd import _checks, functional as Fd, shapes
+from triton_dsd import _checks, epilogue, functional as Fd, shapes
 
 
 def _check_depthwise_channels(cls: str, in_channels, out_channels, groups) -> None:
@@ -43,6 +44,15 @@ def _padded(conv: nn.Module, x: Tensor):
     return x, conv.padding
 
 
+def _set_tf_same(conv: nn.Module) -> None:
+    """padding='tf_same' (TensorFlow "SAME", timm's Conv2dSame): computed from each input's
+    size by the functional API; zero padding only."""
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"{type(conv).__name__}: `padding`='tf_same' pads with zeros; got "
+                         f"`padding_mode`={conv.padding_mode!r}")
+    conv.padding = "tf_same"
+
+
 class DepthwiseConv2d(nn.Conv2d):
     """Dilated depthwise 2D conv on the Triton kernels; a positional drop-in for
     ``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype)``
@@ -53,8 +63,11 @@ class DepthwiseConv2d(nn.Conv2d):
                  dilation=1, groups: Optional[int] = None, bias: bool = True,
                  padding_mode: str = "zeros", device=None, dtype=None) -> None:
         _check_depthwise_channels(type(self).__name__, in_channels, out_channels, groups)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         in_channels, bias, padding_mode, device=device, dtype=dtype)
+        tf_same = padding == "tf_same"
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0 if tf_same else padding,
+                         dilation, in_channels, bias, padding_mode, device=device, dtype=dtype)
+        if tf_same:
+            _set_tf_same(self)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         _checks.check_layer_input(type(self).__name__, input, self.in_channels, 2)
@@ -68,7 +81,8 @@ class DepthwiseConv1d(nn.Conv1d):
     with ``groups`` = in_channels.
 
     ``padding='causal'`` is accepted too (left pad dilation*(kernel_size-1), output length =
-    input length), which nn.Conv1d does not have.
+    input length), which nn.Conv1d does not have, and (both classes) ``padding='tf_same'``,
+    TensorFlow's "SAME" (timm's ``Conv2dSame``): any stride, padding from the input size.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -77,8 +91,10 @@ class DepthwiseConv1d(nn.Conv1d):
         _check_depthwise_channels(type(self).__name__, in_channels, out_channels, groups)
         causal = padding == "causal"
         super().__init__(in_channels, out_channels, kernel_size, stride,
-                         0 if causal else padding, dilation, in_channels, bias, padding_mode,
-                         device=device, dtype=dtype)
+                         0 if padding in ("causal", "tf_same") else padding, dilation,
+                         in_channels, bias, padding_mode, device=device, dtype=dtype)
+        if padding == "tf_same":
+            _set_tf_same(self)
         if causal:
             if self.stride[0] != 1:
                 raise ValueError(f"{type(self).__name__}: `padding`='causal' needs stride 1; "
@@ -314,3 +330,110 @@ class EagerDepthwiseSeparableDilatedConv1d(_EagerSeparable):
                  padding_mode: str = "zeros", device=None, dtype=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, dilation, padding, stride, bias,
                          depth_multiplier, padding_mode, device, dtype)
+
+
+# --------------------------------------------------------------------------- fused chains
+class Bypassed(nn.Module):
+    """Stands at a module path whose work a :class:`SeparableChain` does: it holds the very
+    parameters, buffers and children of the module it replaces (the same dictionaries, so the
+    state_dict keys, ``.to()``, ``.half()`` and loading reach them) and passes its input
+    through. ``.original`` is the replaced module (``to_eager`` puts it back)."""
+
+    def __init__(self, original: nn.Module, head: str) -> None:
+        super().__init__()
+        self._parameters = original._parameters
+        self._buffers = original._buffers
+        self._non_persistent_buffers_set = original._non_persistent_buffers_set
+        self._modules = original._modules
+        self._version = getattr(original, "_version", 1)
+        object.__setattr__(self, "original", original)  # not a child: its keys are ours
+        self.head = head
+        self.train(original.training)
+
+    def synced(self) -> nn.Module:
+        """The original module, in this slot's train/eval mode (``model.train()`` reaches the
+        slot, not the unregistered original)."""
+        orig = self.original
+        orig.train(self.training)
+        return orig
+
+    def forward(self, x, *args, **kwargs):
+        return x
+
+    def extra_repr(self) -> str:
+        return f"computed by {self.head or '<root>'}: {self.original!r}"
+
+
+def batch_norm_folds(bn: nn.Module) -> bool:
+    """True if batch norm ``bn`` normalises with its running statistics (eval mode, tracking
+    them), so that it is a per-channel scale and shift."""
+    return not bn.training and getattr(bn, "running_mean", None) is not None
+
+
+class SeparableChain(nn.Module):
+    """A depthwise conv and what follows it up to and past a 1x1 conv, as one module:
+    dw -> [batch norm] -> [activation] -> pw -> [batch norm] -> [activation]. It stands at the
+    depthwise conv's path and holds its parameters (the same dictionary: same state_dict
+    keys); the other modules stay at their paths as :class:`Bypassed` slots holding theirs.
+
+    Forward: while every batch norm of the chain uses its running statistics (eval mode), ONE
+    fused launch with the batch norms folded into the kernel's epilogues (``mid_*`` between
+    the stages, ``out_*`` after; ``triton_dsd.epilogue``). A batch norm in training mode
+    needs the batch statistics of its input, so then the chain runs unfused: the Triton
+    depthwise, the original modules in order (the batch norm updates its running
+    statistics exactly as eager does), the Triton pointwise at the pointwise slot.
+
+    ``links``: (slot, role, activation) in order; roles 'mid_norm', 'mid_act', 'pw',
+    'out_norm', 'out_act'; activation is the epilogue name of an act link or of the
+    activation a norm module applies after normalising (timm's BatchNormAct2d)."""
+
+    def __init__(self, dw: nn.Module, links, padding=None) -> None:
+        super().__init__()
+        self._parameters = dw._parameters
+        object.__setattr__(self, "conv", dw)  # the original depthwise conv, not a child
+        object.__setattr__(self, "links", tuple(links))
+        self.padding = dw.padding if padding is None else padding
+        self._n_spatial = 1 if isinstance(dw, nn.Conv1d) else 2
+        self.train(dw.training)
+
+    def _link(self, role: str):
+        return next(((s, a) for s, r, a in self.links if r == role), (None, None))
+
+    def _epilogue(self, norm_role: str, act_role: str, dtype):
+        """(scale, shift, act) of one side, or None if a batch norm there cannot fold."""
+        norm, norm_act = self._link(norm_role)
+        act_slot, act = self._link(act_role)
+        scale = shift = None
+        if norm is not None:
+            bn = norm.synced()
+            if not batch_norm_folds(bn):
+                return None
+            scale, shift = epilogue.fold_batch_norm(bn, dtype)
+        return scale, shift, act if act is not None else norm_act
+
+    def forward(self, x: Tensor) -> Tensor:
+        dw = self.conv
+        pw = self._link("pw")[0].synced()
+        _checks.check_layer_input(type(self).__name__, x, dw.in_channels, self._n_spatial)
+        acc = x.dtype if x.dtype == torch.float64 else torch.float32
+        mid = self._epilogue("mid_norm", "mid_act", acc)
+        out = self._epilogue("out_norm", "out_act", acc)
+        # a non-'zeros' padding_mode pads first (as nn.Conv does); else our padding, which
+        # may be 'tf_same' (timm's Conv2dSame keeps padding 0 and pads in its forward)
+        xin, padding = _padded(dw, x) if dw.padding_mode != "zeros" else (x, self.padding)
+        if mid is not None and out is not None:
+            fn = Fd.dsd_conv2d if self._n_spatial == 2 else Fd.dsd_conv1d
+            return fn(xin, dw.weight, dw.bias, pw.weight, pw.bias, dw.stride, padding,
+                      dw.dilation, fused=True, mid_scale=mid[0], mid_shift=mid[1],
+                      mid_act=mid[2], out_scale=out[0], out_shift=out[1], out_act=out[2])
+        dwf = Fd.depthwise_conv2d if self._n_spatial == 2 else Fd.depthwise_conv1d
+        pwf = Fd.pointwise_conv2d if self._n_spatial == 2 else Fd.pointwise_conv1d
+        v = dwf(xin, dw.weight, dw.bias, dw.stride, padding, dw.dilation)
+        for slot, role, _ in self.links:
+            v = pwf(v, pw.weight, pw.bias) if role == "pw" else slot.synced()(v)
+        return v
+
+    def extra_repr(self) -> str:
+        roles = ", ".join(f"{r}={type(s.original).__name__}" + (f"({a})" if a else "")
+                          for s, r, a in self.links)
+        return f"{self.conv!r}, padding={self.padding!r}, {roles}"

@@ -6,17 +6,20 @@ bench, cost, plots) calls this module, so they all describe the same problem: pa
 resolved to explicit (low, high) pairs per spatial dimension, flattened as (top, bottom, left,
 right) in 2D and (left, right) in 1D. 'same' pads d*(k-1) in total with the extra element of an
 even kernel at the high end, as PyTorch does; 'causal' (1D) pads d*(k-1) at the low end.
+'tf_same' is TensorFlow's "SAME" (timm's ``Conv2dSame``): any stride, the output is
+ceil(size / stride), and the padding depends on the input size, max((ceil(i/s) - 1)*s +
+(k-1)*d + 1 - i, 0) in total with the odd element at the high end.
 """
 from __future__ import annotations
 
 import numbers
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
 Padding = Union[str, int, Sequence[int]]
 
-PADDING_STRINGS = {1: ("same", "valid", "causal"), 2: ("same", "valid")}
+PADDING_STRINGS = {1: ("same", "valid", "causal", "tf_same"), 2: ("same", "valid", "tf_same")}
 
 
 def is_int(v) -> bool:
@@ -62,14 +65,31 @@ def check_padding_spec(where: str, padding: Padding, n: int, stride: Sequence[in
         raise ValueError(f"{where}: `padding` must be >= 0; got {padding!r}")
 
 
+def tf_same_pads(spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                 dilation: Sequence[int]) -> Tuple[int, ...]:
+    """TensorFlow "SAME" padding of an input of size ``spatial``, (lo, hi) per dim, flattened."""
+    out = []
+    for i, k, s, d in zip(spatial, kernel, stride, dilation):
+        total = max((-(-i // s) - 1) * s + (k - 1) * d + 1 - i, 0)
+        out += [total // 2, total - total // 2]
+    return tuple(out)
+
+
 def resolve_padding(padding: Padding, kernel: Sequence[int], stride: Sequence[int],
-                    dilation: Sequence[int], where: str = "triton_dsd") -> Tuple[int, ...]:
-    """Padding -> (lo, hi) per spatial dim, flattened (see the module docstring)."""
+                    dilation: Sequence[int], where: str = "triton_dsd",
+                    spatial: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+    """Padding -> (lo, hi) per spatial dim, flattened (see the module docstring); 'tf_same'
+    needs the input's ``spatial`` size."""
     n = len(kernel)
     check_padding_spec(where, padding, n, stride)
     if isinstance(padding, str):
         if padding == "valid":
             return (0,) * (2 * n)
+        if padding == "tf_same":
+            if spatial is None:
+                raise ValueError(f"{where}: `padding`='tf_same' depends on the input size; "
+                                 f"there is none here")
+            return tf_same_pads(spatial, kernel, stride, dilation)
         out = []
         for k, d in zip(kernel, dilation):
             total = causal_pad(k, d)  # 'same' pads as much, split

@@ -1,0 +1,160 @@
+"""convert on the real blocks that hold depthwise-separable convolutions (timm's separable
+classes, aligned Xception, MobileNetV2, EfficientNet's MBConv, ConvNeXt; written out in
+``tests/blocks.py``): the fused kernel fires where a dw -> pw chain exists, outputs, every
+gradient and the running statistics equal eager's, the checkpoint keys are the original's."""
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import triton_dsd
+from triton_dsd import _runtime
+from triton_dsd.modules import Bypassed, SeparableChain
+from triton_dsd.testing import assert_close
+
+from blocks import BLOCKS, randomize_norms
+from helpers import DEVICE
+
+SIZE = 9  # odd: TensorFlow 'SAME' padding with stride 2 pads unevenly
+
+
+def _setup(name, dtype):
+    build, c, launches = BLOCKS[name]
+    torch.manual_seed(0)
+    model = randomize_norms(build()).to(DEVICE, torch.float64)
+    conv, report = triton_dsd.convert(model, return_report=True)
+    x = torch.randn(2, c, SIZE, SIZE, device=DEVICE, dtype=torch.float64)
+    return model, conv.to(dtype), report, x, launches
+
+
+def _has_norm(conv):
+    return any(isinstance(m, Bypassed) and isinstance(m.original, nn.modules.batchnorm._BatchNorm)
+               for m in conv.modules())
+
+
+def _run(model, x, dtype):
+    x = x.detach().to(dtype).requires_grad_()
+    y = model(x)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y.backward(g.to(y.device, dtype))
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return y, x.grad, grads
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_equals_eager_in_float64(name, training):
+    model, conv, report, x, launches = _setup(name, torch.float64)
+    assert list(conv.state_dict()) == list(model.state_dict())
+    model.train(training)
+    conv.train(training)
+    _runtime.LAUNCHES.clear()
+    y, dx, grads = _run(conv, x, torch.float64)
+    fused = _runtime.LAUNCHES["dsd_fwd_kernel"]
+    if training and _has_norm(conv):  # batch statistics: the Triton stages, eager norms
+        assert fused == 0 and _runtime.LAUNCHES["depthwise_fwd_kernel"] > 0
+    else:
+        assert fused == launches, [str(r) for r in report]
+    assert _runtime.LAUNCHES["depthwise_fwd_kernel"] + fused > 0  # a Triton kernel ran
+    y_ref, dx_ref, grads_ref = _run(model, x, torch.float64)
+    assert_close(y, y_ref, torch.float64, 200, "y")
+    assert_close(dx, dx_ref, torch.float64, 200, "dx")
+    assert list(grads) == list(grads_ref)
+    for n in grads_ref:
+        assert grads[n] is not None, n
+        assert_close(grads[n], grads_ref[n], torch.float64, 2000, n)
+    for (n, a), b in zip(model.named_buffers(), conv.buffers()):  # running stats moved alike
+        assert_close(b, a, torch.float64, 10, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("name", ["xception_block", "mobilenetv2_inverted_residual",
+                                  "mbconv_no_se", "separable_conv_norm_act"])
+def test_block_per_dtype_in_eval(name, dtype):
+    model, conv, _, x, launches = _setup(name, dtype)
+    model.eval()
+    conv.eval()
+    _runtime.LAUNCHES.clear()
+    y, dx, grads = _run(conv, x, dtype)
+    assert _runtime.LAUNCHES["dsd_fwd_kernel"] == launches
+    y_ref, dx_ref, grads_ref = _run(model, x, torch.float64)
+    assert y.dtype == dtype
+    assert_close(y, y_ref, dtype, 300, "y")
+    assert_close(dx, dx_ref, dtype, 300, "dx")
+    for n in grads_ref:
+        assert_close(grads[n], grads_ref[n], dtype, 3000, n)
+
+
+def test_checkpoints_load_both_ways_and_to_eager_restores():
+    model, conv, report, x, _ = _setup("xception_block", torch.float64)
+    assert sum(isinstance(m, SeparableChain) for m in conv.modules()) == 3
+    ckpt = model.state_dict()
+    assert list(conv.state_dict()) == list(ckpt)
+    conv.load_state_dict(ckpt, strict=True)
+    model.load_state_dict(conv.state_dict(), strict=True)
+    # the parameters sit at their original paths
+    assert conv.stack[0].conv_pw.weight is conv.stack[0].conv_pw.original.weight
+    assert conv.stack[0].conv_dw.weight is conv.stack[0].conv_dw.conv.weight
+    buf = io.BytesIO()
+    torch.save(conv, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False).eval()
+    model.eval()
+    assert_close(again(x), model(x), torch.float64, 200)
+    back = triton_dsd.to_eager(conv)
+    assert type(back.stack[0].bn_dw) is nn.BatchNorm2d and type(back.stack[0].conv_dw) is nn.Conv2d
+    assert list(back.state_dict()) == list(ckpt)
+    # .to() and train()/eval() reach the slots and the head's originals
+    conv.float().train()
+    assert conv.stack[0].bn_dw.original.running_mean.dtype == torch.float32
+    assert conv.stack[0].bn_dw.synced().training
+
+
+def test_report_lists_every_path():
+    _, conv, report, _, _ = _setup("mobilenetv2_inverted_residual", torch.float64)
+    lines = {r.name: r for r in report}
+    assert lines["conv.1.0"].new == "SeparableChain"
+    for path in ("conv.1.1", "conv.1.2", "conv.2", "conv.3"):
+        assert lines[path].new == "Bypassed" and "conv.1.0" in lines[path].note
+    _, _, report, _, _ = _setup("convnext_block", torch.float64)
+    left = [r for r in report if r.name == "conv_dw" and not r.replaced]
+    assert left and "LayerNorm2d" in left[0].note, [str(r) for r in report]
+
+
+def test_a_hooked_link_is_not_fused():
+    model = randomize_norms(BLOCKS["xception_block"][0]()).double()
+    seen = []
+    model.stack[1].bn_dw.register_forward_hook(lambda m, i, o: seen.append(1))
+    conv, report = triton_dsd.convert(model, return_report=True)
+    assert type(conv.stack[1].bn_dw) is nn.BatchNorm2d
+    assert isinstance(conv.stack[0].conv_dw, SeparableChain)
+    conv.eval()(torch.randn(1, 4, SIZE, SIZE, dtype=torch.float64))
+    assert seen and any("hooks" in r.note for r in report)
+
+
+def test_a_function_between_the_stages_is_not_fused():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.pw = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.pw(torch.tanh(self.dw(x)))
+
+    conv, report = triton_dsd.convert(Block(), return_report=True)
+    assert not any(isinstance(m, SeparableChain) for m in conv.modules())
+    assert isinstance(conv.dw, triton_dsd.DepthwiseConv2d)  # swapped alone
+
+
+def test_converted_block_under_torch_compile():
+    model, conv, _, x, launches = _setup("mobilenetv2_inverted_residual", torch.float32)
+    model.eval()
+    conv.eval()
+    x = x.float()
+    compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
+    _runtime.LAUNCHES.clear()
+    y = compiled(x)
+    assert _runtime.LAUNCHES["dsd_fwd_kernel"] == launches
+    assert_close(y, model(x.double()), torch.float32, 300)
