@@ -1,6 +1,6 @@
 """``@triton.jit`` helpers shared by the kernels: the tensor-core product, tile decodes, pixel
 addressing, the bias + store epilogue, the atomic-or-store of split reductions, and the fused
-epilogues (per-channel scale/shift, activation).
+epilogues (per-channel scale/shift, activation, a layer norm over channels).
 """
 import triton
 import triton.language as tl
@@ -87,6 +87,10 @@ ACT_GELU = tl.constexpr(4)
 ACT_GELU_TANH = tl.constexpr(5)
 ACT_HARDSWISH = tl.constexpr(6)
 
+# normalisation codes of the fused layer's mid stage (``triton_dsd.epilogue.Epilogue.mid_norm``)
+NORM_NONE = tl.constexpr(0)
+NORM_LAYER = tl.constexpr(1)
+
 
 @triton.jit
 def activation(v, ACT: tl.constexpr):
@@ -132,3 +136,21 @@ def output_epilogue(acc, b_ptr, scale_ptr, shift_ptr, m, mask_m, HAS_BIAS: tl.co
     if HAS_BIAS:
         acc += tl.load(b_ptr + m, mask=mask_m, other=0.0).to(ACC)[None, :]
     return channel_epilogue(acc, scale_ptr, shift_ptr, m, mask_m, HAS_AFFINE, ACT, ACC, 1)
+
+
+@triton.jit
+def channel_layer_norm(v, mask, CM, eps, AXIS: tl.constexpr):
+    """(v - mean) * rsqrt(var + eps) over the channels of v (its axis AXIS; ``F.layer_norm``
+    without its affine), in v's (accumulator) dtype:
+    mean = sum_k v[k] / CM, var = sum_k (v[k] - mean)^2 / CM (biased), over the CM real
+    channels k, where ``mask`` (the channel vector along AXIS) holds. Padded channel lanes of
+    v must be zero (masked loads): they add nothing to the mean, and are masked out of the
+    centred squares and of the result (which is zero there)."""
+    if AXIS == 0:
+        real = mask[:, None]
+    else:
+        real = mask[None, :]
+    mean = tl.sum(v, axis=AXIS) / CM
+    centred = tl.where(real, v - tl.expand_dims(mean, AXIS), 0.0)
+    var = tl.sum(centred * centred, axis=AXIS) / CM
+    return centred * tl.expand_dims(tl.rsqrt(var + eps), AXIS)

@@ -2,7 +2,8 @@
 import triton
 import triton.language as tl
 
-from triton_dsd.kernels._common import (activation, channel_epilogue, dot_acc, output_tile,
+from triton_dsd.kernels._common import (NORM_LAYER, NORM_NONE, activation, channel_epilogue,
+                                        channel_layer_norm, dot_acc, output_tile,
                                         store_output_epilogue)
 from triton_dsd.kernels.depthwise import _segments, _window_row, _zeros
 
@@ -102,11 +103,12 @@ def dsd_fwd_kernel(
     stride_wpm, stride_wpk,
     stride_yn, stride_ym, stride_yp,
     pad_h, pad_w,
+    mid_eps,  # the mid layer norm's epsilon (a Python float: fp32); read only with NORM_LAYER
     KH: tl.constexpr, KW: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr, MULT: tl.constexpr,
     HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr,
-    HAS_MID_AFFINE: tl.constexpr, MID_ACT: tl.constexpr,
+    MID_NORM: tl.constexpr, HAS_MID_AFFINE: tl.constexpr, MID_ACT: tl.constexpr,
     HAS_OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr,
     ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, ACC: tl.constexpr,
     Z_STATIONARY: tl.constexpr, UNROLL_KW: tl.constexpr, PIX_MAJOR: tl.constexpr,
@@ -114,15 +116,23 @@ def dsd_fwd_kernel(
     BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[n, m, p] = act_out((sum_k v[n, k, p] * wp[m, k] + bp[m]) * out_scale[m] + out_shift[m]),
-    v[n, k, p] = act_mid(u[n, k, p] * mid_scale[k] + mid_shift[k]), where for p = (oh, ow)
-    u[n, k, oh, ow] = sum_{kh, kw} x[n, k // MULT, oh*S_H - pad_h + kh*D_H, ow*S_W - pad_w + kw*D_W] * wd[k, kh, kw] + bd[k].
+    v[n, k, p] = act_mid(norm(u)[n, k, p] * mid_scale[k] + mid_shift[k]), where for p = (oh, ow)
+    u[n, k, oh, ow] = sum_{kh, kw} x[n, k // MULT, oh*S_H - pad_h + kh*D_H, ow*S_W - pad_w + kw*D_W] * wd[k, kh, kw] + bd[k]
+    and norm(u) = u (MID_NORM = NORM_NONE), or (MID_NORM = NORM_LAYER) a layer norm over the
+    CM channels of each pixel, biased variance (``F.layer_norm``):
+    norm(u)[n, k, p] = (u[n, k, p] - mean[n, p]) / sqrt(var[n, p] + mid_eps),
+    mean[n, p] = sum_k u[n, k, p] / CM, var[n, p] = sum_k (u[n, k, p] - mean[n, p])^2 / CM.
 
     That is dw -> batch norm (eval, folded to a scale/shift per channel) -> activation ->
-    pointwise -> batch norm -> activation in one launch. Each part is optional: bd with
-    HAS_DW_BIAS, bp with HAS_PW_BIAS, the scale/shift pairs with HAS_MID_AFFINE (per
-    depthwise channel k) and HAS_OUT_AFFINE (per output channel m), the activations by their
-    codes MID_ACT and OUT_ACT (``_common.activation``; ACT_IDENTITY: none). With all four
-    off the kernel is the plain layer (no extra loads or instructions).
+    pointwise -> batch norm -> activation in one launch; or, with the layer norm (its weight
+    and bias as mid_scale / mid_shift), dw -> layer norm -> pointwise -> activation (a
+    ConvNeXt block up to its second 1x1). Each part is optional: bd with HAS_DW_BIAS, bp
+    with HAS_PW_BIAS, the layer norm with MID_NORM, the scale/shift pairs with HAS_MID_AFFINE
+    (per depthwise channel k) and HAS_OUT_AFFINE (per output channel m), the activations by
+    their codes MID_ACT and OUT_ACT (``_common.activation``; ACT_IDENTITY: none). With all
+    five off the kernel is the plain layer (no extra loads or instructions). The layer norm
+    needs every channel of a pixel in one program: z-stationary paths only (the launcher
+    picks one; the recompute path refuses MID_NORM at compile time).
 
     z = v is computed in registers (ACC), both epilogues in ACC; v is rounded to the input
     dtype (as the unfused pair would store it) and fed straight into tl.dot: it never
@@ -144,7 +154,8 @@ def dsd_fwd_kernel(
 
     Otherwise (CM too wide for one tile): a program owns [BLOCK_P pixels x BLOCK_M outputs]
     and, for each BLOCK_K chunk of the CM channels, computes that z chunk and accumulates its
-    product: z is recomputed for each of the n_m_blocks M blocks of a pixel block.
+    product: z is recomputed for each of the n_m_blocks M blocks of a pixel block. No
+    MID_NORM here (a chunk does not see its pixels' other channels).
     Grid: (N * n_p_blocks * n_m_blocks,), M blocks of one pixel block adjacent.
     """
     if WIN > 1:
@@ -152,8 +163,8 @@ def dsd_fwd_kernel(
                          out_scale_ptr, out_shift_ptr, y_ptr, CM, M, H, W, OH, OW,
                          n_rows, n_img_rows, stride_xn, stride_xc, stride_xh, stride_xw,
                          stride_wdc, stride_wdw, stride_wpm, stride_wpk, stride_yn, stride_ym,
-                         stride_yp, pad_h, pad_w, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                         MULT, HAS_DW_BIAS, HAS_PW_BIAS, HAS_MID_AFFINE, MID_ACT,
+                         stride_yp, pad_h, pad_w, mid_eps, KH, KW, STRIDE_H, STRIDE_W, DIL_H,
+                         DIL_W, MULT, HAS_DW_BIAS, HAS_PW_BIAS, MID_NORM, HAS_MID_AFFINE, MID_ACT,
                          HAS_OUT_AFFINE, OUT_ACT, ALLOW_TF32, IDX64, ACC, EVEN_K, WIN,
                          BLOCK_P // WIN, BLOCK_M, BLOCK_K)
     else:
@@ -171,6 +182,8 @@ def dsd_fwd_kernel(
                          stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h, pad_w,
                          KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS, ACC,
                          IDX64, UNROLL_KW, PIX_MAJOR, EVEN_K, BLOCK_P, BLOCK_K)
+            if MID_NORM == NORM_LAYER:  # over the CM channels of each pixel (z's axis 1)
+                z = channel_layer_norm(z, mask_k, CM, mid_eps, 1)
             # the mid epilogue: per depthwise channel (z's axis 1), in ACC, before the rounding
             z = channel_epilogue(z, mid_scale_ptr, mid_shift_ptr, kk, mask_k, HAS_MID_AFFINE,
                                  MID_ACT, ACC, 1)
@@ -194,6 +207,8 @@ def dsd_fwd_kernel(
                                       mask_p, mask_m, stride_yn, stride_yp, stride_ym,
                                       HAS_PW_BIAS, HAS_OUT_AFFINE, OUT_ACT, ACC)
         else:
+            tl.static_assert(MID_NORM == NORM_NONE,
+                             "the mid layer norm needs every channel in one tile (BLOCK_K >= CM)")
             mask_m = m < M
             acc = tl.zeros([BLOCK_P, BLOCK_M], dtype=ACC)
             for k0 in range(0, CM, BLOCK_K):
@@ -221,16 +236,18 @@ def _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, mid_scale_ptr, mid_shift_ptr, wp_ptr
                      out_scale_ptr, out_shift_ptr, y_ptr, CM, M, H, W, OH, OW,
                      n_rows, n_img_rows, stride_xn, stride_xc, stride_xh, stride_xw,
                      stride_wdc, stride_wt, stride_wpm, stride_wpk, stride_yn, stride_ym,
-                     stride_yp, pad_h, pad_w, KH: tl.constexpr, KW: tl.constexpr,
+                     stride_yp, pad_h, pad_w, mid_eps, KH: tl.constexpr, KW: tl.constexpr,
                      STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr,
                      DIL_W: tl.constexpr, MULT: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
-                     HAS_PW_BIAS: tl.constexpr, HAS_MID_AFFINE: tl.constexpr,
+                     HAS_PW_BIAS: tl.constexpr, MID_NORM: tl.constexpr,
+                     HAS_MID_AFFINE: tl.constexpr,
                      MID_ACT: tl.constexpr, HAS_OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr,
                      ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, ACC: tl.constexpr,
                      EVEN_K: tl.constexpr, WIN: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """The z-stationary fused forward on register windows (``dsd_fwd_kernel``, WIN > 1): the
-    mid epilogue applies to each window position's z_j, the output epilogue to each product."""
+    layer norm (over each pixel's channels, z_j's axis 1) and the mid epilogue apply to each
+    window position's z_j, the output epilogue to each product."""
     n, oh, ow0, valid = _segments(tl.program_id(0), n_rows, n_img_rows, OH, BLOCK_R, WIN,
                                   IDX64)
     kk = tl.arange(0, BLOCK_K)
@@ -246,7 +263,7 @@ def _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, mid_scale_ptr, mid_shift_ptr, wp_ptr
         z = _window_row(z, x_base + (ih * stride_xh)[:, None], row_ok, wd_ptr, kk, mask_k, kh,
                         col0, 0, 0, W, stride_xw, stride_wt, stride_wdc, KW, WIN, STRIDE_W,
                         DIL_W, False, 0, False, EVEN_K, ACC)
-    # the depthwise bias and the mid epilogue (per channel, in ACC) on each window position
+    # the depthwise bias, the layer norm and the mid epilogue (in ACC) on each window position
     if HAS_DW_BIAS:
         bd = tl.load(bd_ptr + kk, mask=mask_k, other=0.0).to(ACC)
     if HAS_MID_AFFINE:
@@ -257,6 +274,8 @@ def _dsd_fwd_windows(x_ptr, wd_ptr, bd_ptr, mid_scale_ptr, mid_shift_ptr, wp_ptr
         zj = z[j]
         if HAS_DW_BIAS:
             zj = zj + bd[None, :]
+        if MID_NORM == NORM_LAYER:
+            zj = channel_layer_norm(zj, mask_k, CM, mid_eps, 1)
         if HAS_MID_AFFINE:
             zj = zj * mid_s[None, :] + mid_t[None, :]
         zj = activation(zj, MID_ACT)

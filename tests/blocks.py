@@ -183,9 +183,37 @@ class ConvNeXtBlock(nn.Module):
         return x * self.gamma.view(1, -1, 1, 1) + shortcut
 
 
+class Permute(nn.Module):
+    """torchvision.ops.misc.Permute."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return torch.permute(x, self.dims)
+
+
+class CNBlock(nn.Module):
+    """torchvision's ConvNeXt CNBlock: dw 7x7 -> Permute -> LayerNorm -> Linear -> GELU ->
+    Linear -> Permute back, layer scale, residual."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(c, c, 7, padding=3, groups=c, bias=True),
+                                   Permute([0, 2, 3, 1]), nn.LayerNorm(c, eps=1e-6),
+                                   nn.Linear(c, 4 * c, bias=True), nn.GELU(),
+                                   nn.Linear(4 * c, c, bias=True), Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.full((c, 1, 1), 0.5))
+
+    def forward(self, x):
+        return self.layer_scale * self.block(x) + x
+
+
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random running statistics and affine parameters for every batch norm (a fresh one is
-    the identity in eval mode, which would hide a wrong fold)."""
+    """Random running statistics and affine parameters for every batch norm, random affine
+    parameters for every layer norm (fresh ones are the identity (batch norm in eval mode) or
+    leave the affine untested, which would hide a wrong fold)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -195,16 +223,20 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
                 m.weight.copy_(torch.randn(n, generator=g) * 0.5 + 1)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.5)
+            elif isinstance(m, nn.LayerNorm):
+                n = m.weight.numel()
+                m.weight.copy_(torch.randn(n, generator=g) * 0.5 + 1)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.5)
     return model
 
 
-#: name -> (builder, input channels, dsd_fwd launches per eval forward, the dw paths that must
-#: fuse)
+#: name -> (builder, input channels, dsd_fwd launches per eval forward)
 BLOCKS = {
     "timm_separable": (lambda: SeparableConv2d(4, 6, 3, dilation=2), 4, 1),
     "separable_conv_norm_act": (lambda: SeparableConvNormAct(4, 6, 3, stride=2), 4, 1),
     "xception_block": (lambda: XceptionBlock(4, 6), 4, 3),
     "mobilenetv2_inverted_residual": (lambda: MobileNetV2InvertedResidual(4, 4), 4, 1),
     "mbconv_no_se": (lambda: MBConvNoSE(4, 4), 4, 1),
-    "convnext_block": (lambda: ConvNeXtBlock(4), 4, 0),
+    "convnext_block": (lambda: ConvNeXtBlock(4), 4, 1),
+    "torchvision_cnblock": (lambda: CNBlock(6), 6, 1),
 }

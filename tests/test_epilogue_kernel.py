@@ -72,9 +72,11 @@ def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _problem(path, dtype, N=2, seed=0):
-    """x (in its layout, 4D: 1D as (N, C, 1, L)), the four parameters, geometry."""
-    p = PATHS[path]
+def _problem(path, dtype, N=2, seed=0, bias_offset=0.0):
+    """x (in its layout, 4D: 1D as (N, C, 1, L)), the four parameters, geometry; ``path`` a
+    name of PATHS or a dict like its entries. bias_offset: added to the depthwise bias (a mean
+    over the channels of a pixel far from zero, for the layer norm)."""
+    p = PATHS[path] if isinstance(path, str) else path
     g = torch.Generator().manual_seed(seed)
     C, CM, K = p["C"], p["C"] * p["m"], p["K"]
     ks = (K, K) if p["dim"] == 2 else (1, K)
@@ -87,8 +89,8 @@ def _problem(path, dtype, N=2, seed=0):
     x = with_layout(x, p["layout"])
     if p["dim"] == 1:
         x = x.unsqueeze(2)  # (N, C, 1, L), the functional API's view
-    params = (r(CM, 1, *ks, fan_in=K ** p["dim"]), r(CM), r(M_OUT, CM, 1, 1, fan_in=CM),
-              r(M_OUT))
+    params = (r(CM, 1, *ks, fan_in=K ** p["dim"]), (r(CM).double() + bias_offset).to(dtype),
+              r(M_OUT, CM, 1, 1, fan_in=CM), r(M_OUT))
     dil = (1, p["d"]) if p["dim"] == 1 else (p["d"], p["d"])
     st = (1, p["stride"]) if p["dim"] == 1 else (p["stride"], p["stride"])
     if p["pad"] == "causal":
@@ -256,3 +258,242 @@ def test_cases_cover_every_option():
         assert any(c["acts"][0] != "identity" for c in mine), path
         assert any(c["acts"][1] != "identity" for c in mine), path
     assert len(CASES) <= 24, len(CASES)  # the interpreter's budget
+
+
+# ----------------------------------------------------------------------------- layer norm
+#: the z-stationary paths with a layer norm over the C*m channels between the stages
+#: (ConvNeXt): C*m not a power of two (6, 20), so padded channel lanes are in every tile.
+#: M = 20 (two M blocks of 16)
+NORM_PATHS = {
+    # channels_last K3: register windows of 4 (BLOCK_P / 4 = 16 rows), 58 padded lanes
+    "win4-2d-cl": dict(dim=2, layout="cl", C=3, m=2, K=3, d=2, stride=1, pad="same",
+                       size=(4, 9), cfg=dict(BLOCK_P=64, BLOCK_M=16, BLOCK_K=64),
+                       expect=dict(Z_STATIONARY=True, PIX_MAJOR=False, WIN=4)),
+    # channels_last K7 (KW > DSD_WINDOW_MAX_KW): the [pixel x channel] tile, ConvNeXt's
+    "tile-k7-cl": dict(dim=2, layout="cl", C=10, m=2, K=7, d=1, stride=1, pad="same",
+                       size=(5, 6), cfg=dict(BLOCK_P=32, BLOCK_M=16, BLOCK_K=32),
+                       expect=dict(Z_STATIONARY=True, PIX_MAJOR=False, WIN=1)),
+    # NCHW K7: the tile built [channel x pixel]
+    "pixmajor-k7-nchw": dict(dim=2, layout="nchw", C=3, m=2, K=7, d=1, stride=1, pad=3,
+                             size=(6, 5), cfg=dict(BLOCK_P=32, BLOCK_M=16, BLOCK_K=16),
+                             expect=dict(Z_STATIONARY=True, PIX_MAJOR=True, WIN=1)),
+    # 1D NCL (N, C, 1, L), dilated: pixel-major
+    "pixmajor-1d-ncl": dict(dim=1, layout="nchw", C=10, m=2, K=5, d=2, stride=1, pad="same",
+                            size=(13,), cfg=dict(BLOCK_P=16, BLOCK_M=16, BLOCK_K=32),
+                            expect=dict(Z_STATIONARY=True, PIX_MAJOR=True, WIN=1)),
+    # 1D NLC, causal K7: the [pixel x channel] tile along L
+    "tile-1d-nlc": dict(dim=1, layout="cl", C=6, m=1, K=7, d=1, stride=1, pad="causal",
+                        size=(11,), cfg=dict(BLOCK_P=16, BLOCK_M=16, BLOCK_K=16),
+                        expect=dict(Z_STATIONARY=True, PIX_MAJOR=False, WIN=1)),
+}
+#: the depthwise bias's offset in the norm cases: each pixel's channel mean about 1.5, so
+#: dropping the norm, or letting padded lanes into the centred squares, moves y
+NORM_BIAS_OFFSET = 1.5
+#: ConvNeXt's epsilon, and one large enough that ignoring it moves y
+NORM_EPS = [1e-6, 0.25]
+
+NORM_CASES = sorted(pairwise(
+    dict(path=list(NORM_PATHS), dtype=DTYPES, affine=[True, False],
+         mid_act=["identity", "gelu"], out=["gelu", "bn"], eps=NORM_EPS),
+    valid=lambda c: not (c["dtype"] == torch.float64
+                         and NORM_PATHS[c["path"]]["expect"]["WIN"] > 1),
+    seed=11), key=lambda c: (list(NORM_PATHS).index(c["path"]), DTYPES.index(c["dtype"])))
+
+
+def _norm_epilogue(g, CM, dtype, affine, mid_act, out, eps):
+    """A layer norm (weight of both signs around 1, bias about 0.5 when ``affine``), the mid
+    activation, and after the 1x1 either ConvNeXt's GELU or a folded batch norm."""
+    base = _epilogue(g, CM, M_OUT, dtype, (mid_act, "gelu" if out == "gelu" else "identity"),
+                     affine, out == "bn")
+    if affine:
+        base = base._replace(mid_shift=base.mid_shift / 4)
+    return base._replace(mid_norm=1, mid_eps=eps)
+
+
+def _layer_norm_ref(u, epi, width=None):
+    """F.layer_norm over the channels (axis 1) of u, float64, with the epilogue's weight, bias
+    and epsilon. width: over the C*m channels zero-padded to ``width`` (what a kernel that
+    let padded lanes into its sums would compute), cropped back."""
+    CM = u.shape[1]
+    ul = u.permute(0, 2, 3, 1)
+    w = None if epi.mid_scale is None else epi.mid_scale.to("cpu", torch.float64)
+    b = None if epi.mid_shift is None else epi.mid_shift.to("cpu", torch.float64)
+    if width is not None and width > CM:
+        ul = F.pad(ul, (0, width - CM))
+        if w is not None:
+            w, b = F.pad(w, (0, width - CM), value=1.0), F.pad(b, (0, width - CM))
+    return F.layer_norm(ul, (ul.shape[-1],), w, b, epi.mid_eps)[..., :CM].permute(0, 3, 1, 2)
+
+
+def _eager_norm(x, wd, bd, wp, bp, st, pads, dil, epi, dtype, absolute=False, width=None):
+    """The float64 eager chain dw -> layer norm -> act -> (rounded to ``dtype``) -> pw ->
+    scale/shift -> act. absolute: a bound of the kernel's rounding error scale instead
+    (|u| + |mean| times the reference's 1/std, then the chain on |values| as ``_eager``).
+    width: the norm over the zero-padded channels (``_layer_norm_ref``)."""
+    pt, pb_, pl, pr = pads
+    xp = F.pad(x, (pl, pr, pt, pb_))
+    C = x.shape[1]
+    r64 = lambda t: None if t is None else t.to("cpu", torch.float64)  # noqa: E731
+    u = F.conv2d(xp, wd, bd, st, 0, dil, groups=C)
+    if absolute:
+        ab = lambda t: None if t is None else t.abs()  # noqa: E731
+        mean = u.mean(1, keepdim=True)
+        rstd = torch.rsqrt(u.var(1, unbiased=False, keepdim=True) + epi.mid_eps)
+        v = (F.conv2d(xp.abs(), wd.abs(), bd.abs(), st, 0, dil, groups=C) + mean.abs()) * rstd
+        v = apply(v, ab(r64(epi.mid_scale)), ab(r64(epi.mid_shift)), 0)
+        v = v * (LIPSCHITZ if epi.mid_act else 1.0)
+        y = F.conv2d(v, wp.abs(), bp.abs())
+        y = apply(y, ab(r64(epi.out_scale)), ab(r64(epi.out_shift)), 0)
+        return y * (LIPSCHITZ if epi.out_act else 1.0)
+    v = apply(_layer_norm_ref(u, epi, width), None, None, epi.mid_act)
+    v = v.to(dtype).double()
+    return apply(F.conv2d(v, wp, bp), r64(epi.out_scale), r64(epi.out_shift), epi.out_act)
+
+
+def _run_norm(p, x, params, st, pads, dil, epi, cfg="path"):
+    """One dsd_fwd launch (counted) with the path's config, or ``cfg`` (None: the
+    dispatcher's)."""
+    _runtime.LAUNCHES.clear()
+    if cfg == "path":
+        cfg = dict(p["cfg"], num_warps=4, num_stages=2)
+    y = launchers.dsd_fwd(x, *params, st, pads, dil, p["layout"] == "cl", cfg=cfg, epilogue=epi)
+    assert dict(_runtime.LAUNCHES) == {"dsd_fwd_kernel": 1}, dict(_runtime.LAUNCHES)
+    return y
+
+
+def _check_norm(p, x, params, st, pads, dil, epi, y, block_k, dtype):
+    """y against the float64 eager chain; and the check can fail: dropping the norm, letting
+    the padded lanes into it (block_k > C*m) or (large eps) ignoring its epsilon each move the
+    reference by more than three tolerances."""
+    CM = p["C"] * p["m"]
+    xr, pr = reference(x), [reference(t) for t in params]
+    yr = _eager_norm(xr, *pr, st, pads, dil, epi, dtype)
+    mag = _eager_norm(xr, *pr, st, pads, dil, epi, dtype, absolute=True)
+    n_red = CM * p["K"] ** p["dim"]
+    assert_close(y, yr, dtype, n_red, "y", magnitude=mag)
+    tol = tolerance(dtype, n_red) * float(mag.abs().max())
+    wrong = {"no norm": _eager(xr, *pr, st, pads, dil, epi._replace(mid_norm=0), dtype)}
+    if block_k > CM:
+        wrong["padded lanes"] = _eager_norm(xr, *pr, st, pads, dil, epi, dtype, width=block_k)
+    if epi.mid_eps > 0.1:
+        wrong["eps ignored"] = _eager_norm(xr, *pr, st, pads, dil, epi._replace(mid_eps=1e-5),
+                                           dtype)
+    for what, yw in wrong.items():
+        gap = float((yw - yr).abs().max())
+        assert gap > 3 * tol, f"{what}: moves y by only {gap:.2e} (tolerance {tol:.2e})"
+
+
+@pytest.mark.portable
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+@pytest.mark.parametrize("case", NORM_CASES, ids=case_id)
+def test_layer_norm_matches_eager(case, launch_log):
+    """dw -> F.layer_norm over the C*m channels (+ weight/bias) -> act -> pw -> epilogue, on
+    every z-stationary path, against float64 eager."""
+    p, dtype = NORM_PATHS[case["path"]], case["dtype"]
+    CM = p["C"] * p["m"]
+    g, x, params, st, pads, dil = _problem(p, dtype, seed=len(case_id(case)),
+                                           bias_offset=NORM_BIAS_OFFSET)
+    epi = _norm_epilogue(g, CM, dtype, case["affine"], case["mid_act"], case["out"],
+                         case["eps"])
+    y = _run_norm(p, x, params, st, pads, dil, epi)
+    (_, kw, _), = launch_log
+    assert {k: kw[k] for k in p["expect"]} == p["expect"], (case["path"], kw)
+    assert (kw["MID_NORM"], kw["HAS_MID_AFFINE"], kw["BLOCK_K"]) == (
+        1, case["affine"], p["cfg"]["BLOCK_K"])
+    _check_norm(p, x, params, st, pads, dil, epi, y, p["cfg"]["BLOCK_K"], dtype)
+
+
+def test_norm_cases_cover_every_option():
+    """Each path, dtype, affine on and off, both mid activations, both epsilons, both output
+    epilogues (ConvNeXt's GELU, a folded batch norm)."""
+    seen = lambda key: {c[key] for c in NORM_CASES}  # noqa: E731
+    assert seen("path") == set(NORM_PATHS) and seen("dtype") == set(DTYPES)
+    assert seen("affine") == {True, False} and seen("mid_act") == {"identity", "gelu"}
+    assert seen("eps") == set(NORM_EPS) and seen("out") == {"gelu", "bn"}
+    for p in NORM_PATHS.values():  # C*m never a power of two: padded lanes on every path
+        assert p["cfg"]["BLOCK_K"] > p["C"] * p["m"] and (p["C"] * p["m"]) & (p["C"] * p["m"] - 1)
+    assert len(NORM_CASES) <= 20, len(NORM_CASES)
+
+
+@pytest.mark.portable
+@pytest.mark.parametrize("given", ["recompute-cfg", "dispatcher"])
+def test_layer_norm_replaces_a_recompute_config(given, launch_log, fresh_dispatch,
+                                                monkeypatch):
+    """A config with BLOCK_K < C*m (passed, or the dispatcher's default: with the
+    interpreter's tiles the recompute path past C*m = 64) is replaced by a z-stationary one
+    (``configs.fused_norm_config``); the norm is still right."""
+    from triton_dsd import configs
+    monkeypatch.setattr(configs, "INTERPRETER_TILES", True)  # any device
+    p = dict(NORM_PATHS["tile-k7-cl"], C=20 if given == "recompute-cfg" else 40, K=3)
+    dtype = torch.float32
+    CM = p["C"] * p["m"]
+    g, x, params, st, pads, dil = _problem(p, dtype, bias_offset=NORM_BIAS_OFFSET)
+    epi = _norm_epilogue(g, CM, dtype, True, "gelu", "bn", 1e-6)
+    cfg = dict(BLOCK_P=16, BLOCK_M=16, BLOCK_K=16, num_warps=4, num_stages=2)
+    if given == "dispatcher":
+        from triton_dsd import registry
+        fam = registry.family("dsd_fwd")
+        fields = fam.key(CM, M_OUT, *p["size"], (3, 3), (1, 1), (1, 1), 2, True)
+        assert not launchers.dsd_z_stationary(CM, fam.default(fields, 4))  # recompute
+        assert configs.fused_norm_config(CM, M_OUT, 30, 4, "cl")["BLOCK_K"] == 128
+        cfg = None
+    y = _run_norm(p, x, params, st, pads, dil, epi, cfg=cfg)
+    (_, kw, _), = launch_log
+    assert kw["Z_STATIONARY"] and kw["MID_NORM"] == 1 and kw["BLOCK_K"] >= CM, kw
+    _check_norm(p, x, params, st, pads, dil, epi, y, kw["BLOCK_K"], dtype)
+
+
+def test_layer_norm_past_the_cap_is_refused(monkeypatch):
+    """dsd_mid_norm_fits is True up to each dtype's cap (C*m rounded up to a power of two)
+    and False past it, where dsd_fwd raises NotImplementedError before any launch; and the
+    kernel itself refuses a norm on the recompute path (a config slipped past the launcher)."""
+    caps = launchers.DSD_MID_NORM_MAX_CM
+    for dtype in DTYPES + [torch.bfloat16]:
+        cap = caps[torch.empty((), dtype=dtype).element_size()]
+        assert launchers.dsd_mid_norm_fits(cap, dtype)
+        assert launchers.dsd_mid_norm_fits(cap // 2 + 1, dtype)
+        assert not launchers.dsd_mid_norm_fits(cap + 1, dtype)
+    assert launchers.dsd_mid_norm_fits(384, torch.bfloat16)  # ConvNeXt-T stage 3
+
+    dtype = torch.float32
+    CM = caps[4] + 1
+    x = torch.randn(1, CM, 3, 3, dtype=dtype)
+    params = (torch.randn(CM, 1, 3, 3), None, torch.randn(8, CM, 1, 1), None)
+    with pytest.raises(NotImplementedError, match="channels"):
+        launchers.dsd_fwd(x, *params, (1, 1), (1, 1, 1, 1), (1, 1), False,
+                          epilogue=Epilogue(mid_norm=1))
+    with pytest.raises(ValueError, match="normalisation"):
+        launchers.dsd_fwd(x, *params, (1, 1), (1, 1, 1, 1), (1, 1), False,
+                          epilogue=Epilogue(mid_norm=2))
+    assert not _runtime.LAUNCHES["dsd_fwd_kernel"]
+
+    # the kernel's own guard: a recompute config handed through unchanged
+    monkeypatch.setattr(launchers, "dsd_norm_config",
+                        lambda CM, M, P, dtype, cl, cfg, default=None: cfg)
+    p = NORM_PATHS["tile-1d-nlc"]
+    _, x, params, st, pads, dil = _problem(p, dtype)
+    with pytest.raises(Exception, match="every channel in one tile"):
+        launchers.dsd_fwd(x, *params, st, pads, dil, True, epilogue=Epilogue(mid_norm=1),
+                          cfg=dict(BLOCK_P=16, BLOCK_M=16, BLOCK_K=4, num_warps=4,
+                                   num_stages=2))
+
+
+def test_norm_config_takes_every_width_to_the_cap(monkeypatch):
+    """The GPU's norm configs: z-stationary for every C*m up to the cap (both layouts, any M),
+    within the shared memory budget; 16-bit NCHW past 256 channels on 16 pixel rows, fp32
+    channels_last 256 on 8 warps (``configs.fused_norm_config``)."""
+    from triton_dsd import configs
+    monkeypatch.setattr(configs, "INTERPRETER_TILES", False)
+    for elem, cap in launchers.DSD_MID_NORM_MAX_CM.items():
+        for layout in ("cl", "nchw"):
+            for CM in sorted({1, 6, 20, 48, 96, 192, 384, cap // 2 + 1, cap} - {0}):
+                if CM > cap:
+                    continue
+                for M in (1, 20, 4 * CM):
+                    c = configs.fused_norm_config(CM, M, 56 * 56, elem, layout)
+                    assert c is not None and c["BLOCK_K"] >= CM, (elem, layout, CM, M, c)
+                    smem = (c["BLOCK_P"] * c["BLOCK_K"] + c["num_stages"] * c["BLOCK_K"]
+                            * c["BLOCK_M"] + c["BLOCK_P"] * c["BLOCK_M"]) * elem
+                    assert smem <= configs.SMEM_LIMIT, (elem, layout, CM, M, c)
+    assert configs.fused_norm_config(384, 1536, 196, 2, "nchw")["BLOCK_P"] == 16
+    assert configs.fused_norm_config(200, 800, 3136, 4, "cl")["num_warps"] == 8

@@ -134,3 +134,67 @@ def test_bad_epilogue_arguments_are_refused_before_any_launch(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         triton_dsd.dsd_conv2d(x, wd, None, wp, None, 1, 1, **kwargs)
     assert not any(_runtime.LAUNCHES.values())
+
+
+def _ln_reference(x, wd, bd, wp, bp, w, b, eps, act, dim):
+    conv = F.conv2d if dim == 2 else F.conv1d
+    u = conv(x, wd, bd, 1, wd.shape[-1] // 2, 1, groups=x.shape[1])
+    perm = (0, *range(2, 2 + dim), 1)
+    inv = (0, dim + 1, *range(1, dim + 1))
+    a = F.layer_norm(u.permute(perm), (u.shape[1],), w, b, eps).permute(inv)
+    return conv(epilogue.act_forward(a, epilogue.ACTIVATIONS[act]), wp, bp)
+
+
+@pytest.mark.parametrize("dim, layout, K, C, act", [(2, "cl", 3, 6, "gelu"),
+                                                     (2, "nchw", 7, 5, "identity"),
+                                                     (1, "cl", 5, 20, "silu")])
+def test_layer_norm_between_the_stages_every_gradient(dim, layout, K, C, act):
+    """ConvNeXt's dw -> LayerNorm over channels -> 1x1: one launch, and every gradient
+    (through the normalisation's mean and variance) equals eager autograd's in float64."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    M = 4
+    ref = [r(2, C, *((7, 8) if dim == 2 else (11,))), r(C, 1, *(K,) * dim), r(C),
+           r(M, C, *(1,) * dim), r(M), r(C) * 0.5 + 1, r(C)]
+    ref = [t.requires_grad_() for t in ref]
+    want = _ln_reference(*ref, 1e-6, act, dim)
+    gy = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    want.backward(gy)
+    ins = [t.detach().clone().to(DEVICE).requires_grad_() for t in ref]
+    xin = with_layout(ins[0].detach(), layout).requires_grad_()
+    fn = triton_dsd.dsd_conv2d if dim == 2 else triton_dsd.dsd_conv1d
+    _runtime.LAUNCHES.clear()
+    got = fn(xin, *ins[1:5], 1, K // 2, 1, mid_norm="layer_norm", mid_eps=1e-6,
+             mid_scale=ins[5], mid_shift=ins[6], mid_act=act)
+    assert _runtime.LAUNCHES["dsd_fwd_kernel"] == 1
+    assert_close(got, want, torch.float64, K ** dim + C, "y")
+    got.backward(gy.to(DEVICE))
+    names = ["x", "dw_weight", "dw_bias", "pw_weight", "pw_bias", "ln.weight", "ln.bias"]
+    for name, t, w in zip(names, [xin] + ins[1:], ref):
+        assert_close(t.grad, w.grad, torch.float64, 10 * (K ** dim + C + M), name)
+
+
+def test_layer_norm_past_one_program_runs_unfused(monkeypatch):
+    """More channels than one program holds: the layer runs unfused (Triton depthwise, the
+    norm eagerly, Triton pointwise) and is still right."""
+    from triton_dsd import launchers
+    monkeypatch.setattr(launchers, "dsd_mid_norm_fits", lambda CM, dtype: False)
+    g = torch.Generator().manual_seed(0)
+    x, wd, wp = (torch.randn(*s, generator=g, dtype=torch.float64)
+                 for s in ((1, 6, 6, 6), (6, 1, 3, 3), (4, 6, 1, 1)))
+    want = _ln_reference(x, wd, None, wp, None, None, None, 1e-5, "relu", 2)
+    _runtime.LAUNCHES.clear()
+    got = triton_dsd.dsd_conv2d(x.to(DEVICE), wd.to(DEVICE), None, wp.to(DEVICE), None, 1, 1,
+                                mid_norm="layer_norm", mid_act="relu")
+    assert _runtime.LAUNCHES["dsd_fwd_kernel"] == 0
+    assert _runtime.LAUNCHES["depthwise_fwd_kernel"] == 1
+    assert_close(got, want, torch.float64, 20, "y")
+
+
+def test_bad_norm_arguments_are_refused():
+    x = torch.randn(1, 4, 6, 6, device=DEVICE)
+    wd, wp = torch.randn(4, 1, 3, 3, device=DEVICE), torch.randn(5, 4, 1, 1, device=DEVICE)
+    with pytest.raises(ValueError, match="`mid_norm` must be one of"):
+        triton_dsd.dsd_conv2d(x, wd, None, wp, None, mid_norm="batch_norm")
+    with pytest.raises(ValueError, match="`mid_eps` must be a positive number"):
+        triton_dsd.dsd_conv2d(x, wd, None, wp, None, mid_norm="layer_norm", mid_eps=0)

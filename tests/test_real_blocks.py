@@ -70,7 +70,8 @@ def test_block_equals_eager_in_float64(name, training):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("name", ["xception_block", "mobilenetv2_inverted_residual",
-                                  "mbconv_no_se", "separable_conv_norm_act"])
+                                  "mbconv_no_se", "separable_conv_norm_act",
+                                  "torchvision_cnblock"])
 def test_block_per_dtype_in_eval(name, dtype):
     model, conv, _, x, launches = _setup(name, dtype)
     model.eval()
@@ -117,9 +118,11 @@ def test_report_lists_every_path():
     assert lines["conv.1.0"].new == "SeparableChain"
     for path in ("conv.1.1", "conv.1.2", "conv.2", "conv.3"):
         assert lines[path].new == "Bypassed" and "conv.1.0" in lines[path].note
-    _, _, report, _, _ = _setup("convnext_block", torch.float64)
-    left = [r for r in report if r.name == "conv_dw" and not r.replaced]
-    assert left and "LayerNorm2d" in left[0].note, [str(r) for r in report]
+    _, _, report, _, _ = _setup("torchvision_cnblock", torch.float64)
+    lines = {r.name: r for r in report}
+    assert lines["block.0"].new == "SeparableChain" and "layer norm" in lines["block.0"].note
+    assert [lines[f"block.{i}"].new for i in range(1, 5)] == ["Bypassed"] * 4
+    assert "block.5" not in lines  # the second Linear is not part of the chain
 
 
 def test_a_hooked_link_is_not_fused():

@@ -102,7 +102,7 @@ def _cases() -> Dict[str, Callable[[], None]]:
         return shapes.resolve_padding("same", (k, k), (1, 1), (d, d))
 
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
-    b128 = torch.empty(128, dtype=bf16)
+    b128, b384 = torch.empty(128, dtype=bf16), torch.empty(384, dtype=bf16)
 
     def bn(mid_act, out_act, CM=128, M=128):
         """Folded batch norms (fp32 scale/shift) on both sides of the pointwise, with the
@@ -153,6 +153,13 @@ def _cases() -> Dict[str, Callable[[], None]]:
         "fused bf16 NCHW k3 C128 M128 +bn+silu/+bn+silu": lambda: L.dsd_fwd(
             img(bf16, False), w(128, 3, bf16), b128, w2(128, 128, bf16), b128, (1, 1),
             same(3, 1), (1, 1), False, epilogue=bn("silu", "silu")),
+        # ConvNeXt-T stage 3: dw 7x7 -> layer norm (weight, bias) -> 1x1 (4x) -> GELU
+        "fused bf16 NHWC k7 C384 M1536 +ln+gelu": lambda: L.dsd_fwd(
+            img(bf16, True, C=384, N=8, H=14, W=14), w(384, 7, bf16), b384,
+            w2(1536, 384, bf16), torch.empty(1536, dtype=bf16), (1, 1), same(7, 1), (1, 1),
+            True, epilogue=Epilogue(torch.empty(384, dtype=fp32), torch.empty(384, dtype=fp32),
+                                    ACTIVATIONS["identity"], out_act=ACTIVATIONS["gelu"],
+                                    mid_norm=1, mid_eps=1e-6)),
         "fused fp16 NCHW k7 C128 M64": lambda: L.dsd_fwd(
             img(fp16, False), w(128, 7, fp16), None, w2(64, 128, fp16), None, (1, 1), same(7, 1),
             (1, 1), False),

@@ -321,7 +321,8 @@ def _np2(n: int) -> int:
     return 1 << (max(int(n), 1) - 1).bit_length()
 
 
-def fused_z_stationary_tile(CM: int, M: int, P: int, elem_bytes: int, layout: str = "cl"):
+def fused_z_stationary_tile(CM: int, M: int, P: int, elem_bytes: int, layout: str = "cl",
+                            min_rows: Optional[int] = None):
     """(BLOCK_P, BLOCK_M, BLOCK_K, num_warps, num_stages) of the z-stationary fused forward (a
     program computes the z of its pixels for all C*m channels once, then loops over every M
     block), or None when C*m is too wide for it.
@@ -335,9 +336,10 @@ def fused_z_stationary_tile(CM: int, M: int, P: int, elem_bytes: int, layout: st
     (16-bit channels_last C*m = 512 gets 32 x 64 on one stage, 100 KiB; fp32 stops at 256,
     fp64 at 64). Not DEFAULT_SMEM: these programs take 120-255 registers a thread, so one
     or two blocks run per SM whatever their shared memory; SMEM_LIMIT fits sm_80's per-block
-    maximum."""
+    maximum. min_rows: instead of FUSED_Z_ROWS's minimum (``fused_norm_config``)."""
     acc_words = 2 if elem_bytes == 8 else 1
     lo, hi = FUSED_Z_ROWS[layout]
+    lo = lo if min_rows is None else min_rows
     bk = max(16, _np2(CM))
     # fp64 builds z tap by tap (no windows, ``launchers.dsd_window``): on 8 warps, as before
     warps = 8 if acc_words == 2 else FUSED_WARPS[layout]
@@ -355,11 +357,42 @@ def fused_z_stationary_tile(CM: int, M: int, P: int, elem_bytes: int, layout: st
             bm //= 2
         elif stages > 1 and layout == "cl" and acc_words == 1:
             stages = 1
-        elif bp > max(lo, 32):
+        elif bp > lo:
             bp //= 2
         else:
             return None
     return min(bp, max(P, lo)), bm, bk, warps, stages
+
+
+#: pixel rows the layer norm's z tile may go down to where FUSED_Z_ROWS's minimum leaves no
+#: tile (NCHW past 256 16-bit or 128 fp32 channels): 16 (tl.dot's minimum), e.g. [512 x 16]
+#: bf16 on 8 warps, 171-214 registers
+FUSED_NORM_MIN_ROWS = 16
+
+
+def fused_norm_config(CM: int, M: int, P: int, elem_bytes: int,
+                      layout: str = "cl") -> Optional[Dict[str, int]]:
+    """The config of a fused forward with a layer norm between the stages: always
+    z-stationary (the norm reduces over every channel of a pixel), or None when C*m is too
+    wide for one tile.
+
+    ``fused_z_stationary_tile``'s tile; where it has none, the same with FUSED_NORM_MIN_ROWS
+    pixel rows; fp32 channels_last tiles of 256 channels on 8 warps, not 4 (32 words a
+    thread: [32 x 256] fp32 on 4 warps spills at K7 on sm_80 and sm_90, norm or not). With
+    these, every C*m up to ``launchers.DSD_MID_NORM_MAX_CM`` compiles without spills (K 3/5/7,
+    1D and 2D, both layouts, Triton 3.6 and 3.9). Under the interpreter, large tiles."""
+    if _interp_tiles():
+        return dict(BLOCK_P=min(_np2(max(P, 16)), 256), BLOCK_M=min(_np2(max(M, 16)), 128),
+                    BLOCK_K=max(16, _np2(CM)), num_warps=4, num_stages=2)
+    zs = fused_z_stationary_tile(CM, M, P, elem_bytes, layout)
+    if zs is None:
+        zs = fused_z_stationary_tile(CM, M, P, elem_bytes, layout, FUSED_NORM_MIN_ROWS)
+    if zs is None:
+        return None
+    bp, bm, bk, warps, stages = zs
+    if layout == "cl" and elem_bytes == 4 and bk >= 256:
+        warps = max(warps, 8)
+    return dict(BLOCK_P=bp, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps, num_stages=stages)
 
 
 def fused_default(f: Fields, elem_bytes: int) -> Dict[str, int]:

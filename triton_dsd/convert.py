@@ -380,6 +380,23 @@ def _probe_activation(m: nn.Module) -> Optional[str]:
     return found
 
 
+def _is_permute_to_channels_last(m: nn.Module, dims: int) -> bool:
+    """True if parameter-free ``m`` moves the channel axis last ((N, C, *sp) -> (N, *sp, C)),
+    found by running it (torchvision's ``Permute([0, 2, 3, 1])``)."""
+    if next(m.parameters(), None) is not None or next(m.buffers(), None) is not None or \
+            m._modules:
+        return False
+    probe = torch.arange(2 * 3 * 5 * (4 if dims == 2 else 1), dtype=torch.float64)
+    probe = probe.view(2, 3, *((4, 5) if dims == 2 else (5,)))
+    try:
+        with torch.no_grad():
+            out = _deepcopy(m)(probe)
+    except Exception:  # noqa: BLE001 - not a permutation
+        return False
+    want = probe.permute(0, *range(2, 2 + dims), 1)
+    return isinstance(out, Tensor) and out.shape == want.shape and torch.equal(out, want)
+
+
 def _norm_activation(m: nn.Module) -> Optional[str]:
     """For a batch norm module (nn.BatchNorm1d/2d, SyncBatchNorm, or one that also applies an
     activation after normalising, like timm's BatchNormAct2d with children ``act`` and
@@ -427,8 +444,8 @@ _NOTHING_FOLLOWS = "no 1x1 conv follows"
 @dataclasses.dataclass
 class _Chain:
     """A proposed chain: the depthwise conv at ``dw_path`` and its links (path, module, role,
-    activation) in order; roles 'mid_norm', 'mid_act', 'pw', 'out_norm', 'out_act' and
-    'identity' (a module computing the identity, left in place)."""
+    activation) in order; roles 'permute', 'mid_norm', 'mid_act', 'pw', 'out_norm',
+    'out_act' and 'identity' (a module computing the identity, left in place)."""
     dw_path: str
     dw: nn.Module
     padding: object
@@ -444,12 +461,13 @@ class _Chain:
 
 
 def _parse_chain(dw_path: str, dw: nn.Module, padding, successors) -> _Chain:
-    """Read dw -> [norm] -> [act] -> pw -> [norm] -> [act] off ``successors`` (an iterator of
-    (path, module) called one after the other, each on the previous one's output alone, ending
-    with (why the line ends, None)); the chain stops at the first module that does not fit,
-    and says why in ``stop``."""
+    """Read dw -> [permute] -> [norm] -> [act] -> pw -> [norm] -> [act] off ``successors``
+    (an iterator of (path, module) called one after the other, each on the previous one's
+    output alone, ending with (why the line ends, None)); the chain stops at the first module
+    that does not fit, and says why in ``stop``. After a permute to channels last (torchvision's
+    ConvNeXt) the norm is an nn.LayerNorm and the 1x1 an nn.Linear."""
     chain = _Chain(dw_path, dw, padding, [])
-    side, norm_seen, act_seen = "mid", False, False
+    side, norm_seen, act_seen, permuted = "mid", False, False, False
     channels = dw.out_channels
     for path, m in successors:
         if m is None:
@@ -458,12 +476,36 @@ def _parse_chain(dw_path: str, dw: nn.Module, padding, successors) -> _Chain:
         if _has_hooks(m):
             chain.stop = f"{path} carries hooks"
             break
-        if _is_pointwise(m, channels, _dims(dw)) and _why_not_swappable(m) is None:
+        if permuted:  # channels last: the 1x1 is an nn.Linear
+            is_pw = type(m) is nn.Linear and m.in_features == channels
+        else:
+            is_pw = _is_pointwise(m, channels, _dims(dw)) and _why_not_swappable(m) is None
+        if is_pw:
             if side == "out":
                 break
             chain.links.append((path, m, "pw", None))
-            side, norm_seen, act_seen, channels = "out", False, False, m.out_channels
+            side, norm_seen, act_seen = "out", False, False
+            channels = m.out_features if permuted else m.out_channels
             continue
+        if not chain.links and _is_permute_to_channels_last(m, _dims(dw)):
+            chain.links.append((path, m, "permute", None))
+            permuted = True
+            continue
+        if isinstance(m, nn.LayerNorm):
+            # over the channels: nn.LayerNorm on channels-last values, or a subclass with a
+            # forward of its own over NCHW channels (timm's LayerNorm2d; the proof decides)
+            over_channels = tuple(m.normalized_shape) == (channels,) and \
+                (type(m) is nn.LayerNorm) == permuted
+            if side != "mid" or norm_seen or act_seen or not over_channels:
+                chain.stop = (f"{path} ({type(m).__name__}) is not a layer norm over the "
+                              f"channels that can follow here")
+                break
+            chain.links.append((path, m, "mid_norm", None))
+            norm_seen = True
+            continue
+        if isinstance(m, _NORM) and permuted:
+            chain.stop = f"{path} ({type(m).__name__}) is a batch norm on channels-last values"
+            break
         if isinstance(m, _NORM):
             act = _norm_activation(m)
             if act is None or norm_seen or act_seen or m.num_features != channels:
@@ -498,6 +540,8 @@ class _LeafTracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (nn.Conv1d, nn.Conv2d, _NORM, M.SeparableChain, M.Bypassed,
                           M._Separable, M._EagerSeparable, nn.Linear, nn.LayerNorm)):
+            return True
+        if not m._modules:  # childless (activations, torchvision's Permute): opaque calls
             return True
         if set(m._modules) == {"depthwise", "pointwise"}:
             return True
@@ -660,9 +704,12 @@ def _convert_chains(module: nn.Module, prefix: str, report: List[Replacement]) -
         head, slots = _chain_head(chain, where)
         fused = [f"{r}={type(m).__name__}" + (f"({a})" if a else "")
                  for _, m, r, a in chain.links if r != "identity"]
+        batch_norms = any(isinstance(m, _NORM) for m in chain.modules())
         mode = ("one fused launch in eval mode; in training the batch norms run eagerly "
-                "between the Triton stages" if any(r.endswith("norm") for _, _, r, _ in
-                                                     chain.links) else "one fused launch")
+                "between the Triton stages" if batch_norms else "one fused launch")
+        if any(isinstance(m, nn.LayerNorm) for m in chain.modules()):
+            mode += (f" (the layer norm fuses while {chain.dw.out_channels} channels fit one "
+                     f"program: launchers.dsd_mid_norm_fits)")
         report.append(Replacement(where, names, "SeparableChain",
                                   f"fused ({', '.join(fused)}; {mode}); proven equal on a "
                                   f"random input, train and eval"))

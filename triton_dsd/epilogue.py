@@ -55,6 +55,20 @@ def act_name(code: int) -> str:
     return _NAMES[code]
 
 
+#: normalisation between the stages -> the kernels' code: a layer norm over the C*m channels
+#: of each pixel (ConvNeXt), its weight and bias then the mid scale and shift
+NORMS = {"layer_norm": K.NORM_LAYER.value}
+
+
+def norm_code(where: str, arg: str, name) -> int:
+    """The kernel code of normalisation ``name`` (None: none); ValueError naming ``arg``."""
+    if name is None:
+        return K.NORM_NONE.value
+    if isinstance(name, str) and name in NORMS:
+        return NORMS[name]
+    raise ValueError(f"{where}: `{arg}` must be one of {tuple(NORMS)} or None; got {name!r}")
+
+
 def act_forward(a: Tensor, code: int) -> Tensor:
     """act(a), eager; the kernels compute the same in their accumulator dtype."""
     name = _NAMES[code]
@@ -109,10 +123,14 @@ class Epilogue(NamedTuple):
     out_scale: Optional[Tensor] = None
     out_shift: Optional[Tensor] = None
     out_act: int = 0
+    #: normalisation before the mid scale/shift (``kernels._common``'s NORM_ codes; 1: a layer
+    #: norm over the C*m channels of each pixel, mid_scale/mid_shift its weight and bias)
+    mid_norm: int = 0
+    mid_eps: float = 1e-5
 
     @property
     def has_mid(self) -> bool:
-        return self.mid_scale is not None or self.mid_act != 0
+        return self.mid_scale is not None or self.mid_act != 0 or self.mid_norm != 0
 
     @property
     def has_out(self) -> bool:

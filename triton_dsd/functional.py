@@ -72,7 +72,7 @@ def _pointwise(where: str, dim: int, x, weight, bias, deterministic) -> Tensor:
 
 
 def _epilogue(where: str, x: Tensor, CM: int, M: int, mid_scale, mid_shift, mid_act,
-              out_scale, out_shift, out_act) -> epilogue.Epilogue:
+              out_scale, out_shift, out_act, mid_norm=None, mid_eps=1e-5) -> epilogue.Epilogue:
     """The checked epilogue of a fused call: vectors in the accumulator dtype, contiguous (a
     scale without a shift gets zeros, a shift without a scale ones)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -89,13 +89,17 @@ def _epilogue(where: str, x: Tensor, CM: int, M: int, mid_scale, mid_shift, mid_
         scale = x.new_ones(n, dtype=acc) if scale is None else scale.to(acc).contiguous()
         shift = x.new_zeros(n, dtype=acc) if shift is None else shift.to(acc).contiguous()
         parts.append((scale, shift))
+    norm = epilogue.norm_code(where, "mid_norm", mid_norm)
+    if not isinstance(mid_eps, (int, float)) or isinstance(mid_eps, bool) or not mid_eps > 0:
+        raise ValueError(f"{where}: `mid_eps` must be a positive number; got {mid_eps!r}")
     return epilogue.Epilogue(*parts[0], epilogue.act_code(where, "mid_act", mid_act),
-                             *parts[1], epilogue.act_code(where, "out_act", out_act))
+                             *parts[1], epilogue.act_code(where, "out_act", out_act), norm,
+                             float(mid_eps))
 
 
 def _dsd(where: str, dim: int, x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
          dilation, fused, deterministic, mid_scale=None, mid_shift=None, mid_act=None,
-         out_scale=None, out_shift=None, out_act=None) -> Tensor:
+         out_scale=None, out_shift=None, out_act=None, mid_norm=None, mid_eps=1e-5) -> Tensor:
     if pw_weight is None:
         raise TypeError(f"{where}: `pw_weight` is required (the 1x1 weight (M, C*m"
                         f"{', 1' * dim})); the biases are optional")
@@ -106,7 +110,7 @@ def _dsd(where: str, dim: int, x, dw_weight, dw_bias, pw_weight, pw_bias, stride
     M = _checks.check_pointwise(where, C * m, pw_weight, pw_bias, dim, "x", x, "pw_weight",
                                 "pw_bias")
     epi = _epilogue(where, x, C * m, M, mid_scale, mid_shift, mid_act, out_scale, out_shift,
-                    out_act)
+                    out_act, mid_norm, mid_eps)
     geo = _geometry(where, dim, x, tuple(dw_weight.shape[2:]), stride, padding, dilation)
     y = ops.dsd(_as_2d(x, dim), _as_2d(dw_weight, dim), dw_bias, _as_2d(pw_weight, dim),
                 pw_bias, *geo, bool(fused), _deterministic(deterministic), epi)
@@ -164,7 +168,8 @@ def dsd_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
                fused: bool = True, *, mid_scale: Optional[Tensor] = None,
                mid_shift: Optional[Tensor] = None, mid_act: Optional[str] = None,
                out_scale: Optional[Tensor] = None, out_shift: Optional[Tensor] = None,
-               out_act: Optional[str] = None, deterministic: Optional[bool] = None) -> Tensor:
+               out_act: Optional[str] = None, mid_norm: Optional[str] = None,
+               mid_eps: float = 1e-5, deterministic: Optional[bool] = None) -> Tensor:
     """The depthwise-separable dilated conv: ``F.conv2d(F.conv2d(x, dw_weight, dw_bias, stride,
     padding, dilation, groups=C), pw_weight, pw_bias)``.
 
@@ -180,10 +185,14 @@ def dsd_conv2d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
     output channel. An eval-mode batch norm is ``epilogue.fold_batch_norm(bn, dtype)``;
     activations: identity (None), relu, relu6, silu, gelu, gelu_tanh, hardswish. Scales and
     shifts are used in float32 (float64 for float64 inputs) and get gradients.
+    ``mid_norm='layer_norm'`` normalises z over its C*m channels at each pixel first (eps
+    ``mid_eps``; ConvNeXt's LayerNorm, whose weight and bias are then mid_scale/mid_shift):
+    in the fused kernel while one program holds every channel
+    (``launchers.dsd_mid_norm_fits``), else unfused.
     """
     return _dsd("triton_dsd.dsd_conv2d", 2, x, dw_weight, dw_bias, pw_weight, pw_bias, stride,
                 padding, dilation, fused, deterministic, mid_scale, mid_shift, mid_act,
-                out_scale, out_shift, out_act)
+                out_scale, out_shift, out_act, mid_norm, mid_eps)
 
 
 def dsd_conv1d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
@@ -192,10 +201,11 @@ def dsd_conv1d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
                fused: bool = True, *, mid_scale: Optional[Tensor] = None,
                mid_shift: Optional[Tensor] = None, mid_act: Optional[str] = None,
                out_scale: Optional[Tensor] = None, out_shift: Optional[Tensor] = None,
-               out_act: Optional[str] = None, deterministic: Optional[bool] = None) -> Tensor:
+               out_act: Optional[str] = None, mid_norm: Optional[str] = None,
+               mid_eps: float = 1e-5, deterministic: Optional[bool] = None) -> Tensor:
     """1D depthwise-separable dilated conv (padding may be 'causal'); weights (C*m, 1, K),
     (M, C*m, 1); the epilogues as in :func:`dsd_conv2d`. Runs as the 2D kernels on
     (N, C, 1, L) views."""
     return _dsd("triton_dsd.dsd_conv1d", 1, x, dw_weight, dw_bias, pw_weight, pw_bias, stride,
                 padding, dilation, fused, deterministic, mid_scale, mid_shift, mid_act,
-                out_scale, out_shift, out_act)
+                out_scale, out_shift, out_act, mid_norm, mid_eps)

@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_dsd import _runtime, dispatch, registry, shapes
+from triton_dsd import _runtime, configs, dispatch, registry, shapes
 from triton_dsd.epilogue import Epilogue
-from triton_dsd.kernels._common import MAX_UNROLL
+from triton_dsd.kernels._common import MAX_UNROLL, NORM_LAYER, NORM_NONE
 
 _INT32_MAX = 2**31 - 1
 _F = registry.FAMILIES
@@ -432,6 +432,39 @@ def dsd_recompute_factor(CM: int, M: int, cfg: dict) -> int:
     return 1 if dsd_z_stationary(CM, cfg) else triton.cdiv(M, cfg["BLOCK_M"])
 
 
+#: the widest C*m (rounded up to a power of two) whose mid layer norm the fused forward takes,
+#: by element size: the z-stationary tile of ``configs.fused_norm_config`` compiles without
+#: spills there on sm_80 and sm_90 with Triton 3.6 and 3.9 (K 3, 5 and 7, 1D and 2D, NHWC
+#: and NCHW; ``triton-dsd inspect`` holds the ConvNeXt-T stage-3 case, C*m = 384). One step
+#: wider spills: [16 x 1024] 16-bit and [16 x 512] fp32 channels_last tiles on 8 warps (and
+#: on 16), fp64 [32 x 128] on 8 or 16 warps; so ConvNeXt's C*m = 768 runs unfused
+DSD_MID_NORM_MAX_CM = {2: 512, 4: 256, 8: 64}
+
+
+def dsd_mid_norm_fits(CM: int, dtype: torch.dtype) -> bool:
+    """True if the fused forward can take a layer norm over C*m = CM channels in ``dtype``
+    (every channel of a pixel in one z-stationary tile); else the caller must run the layer
+    unfused (``dsd_fwd`` refuses it with NotImplementedError)."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    cap = DSD_MID_NORM_MAX_CM.get(elem)
+    return cap is not None and 1 <= CM and _pow2(CM) <= cap
+
+
+def dsd_norm_config(CM: int, M: int, P: int, dtype: torch.dtype, channels_last: bool,
+                    cfg: dict, default: Optional[dict] = None) -> dict:
+    """The config of a dsd_fwd launch with a mid layer norm (which needs every channel of a
+    pixel in one program): ``cfg`` if it is z-stationary (BLOCK_K >= CM) and not the
+    family's ``default``; else ``configs.fused_norm_config``'s."""
+    if dsd_z_stationary(CM, cfg) and cfg != default:
+        return cfg
+    elem = torch.empty((), dtype=dtype).element_size()
+    norm_cfg = configs.fused_norm_config(CM, M, P, elem, "cl" if channels_last else "nchw")
+    if norm_cfg is None:
+        raise NotImplementedError(f"dsd_fwd: C*m = {CM} channels are too many for one tile, "
+                                  f"which a layer norm between the stages needs")
+    return norm_cfg
+
+
 def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
             pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], stride: Sequence[int],
             pads: Sequence[int], dilation: Sequence[int], channels_last: bool,
@@ -442,10 +475,23 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     scale/shift and activation between the stages (C*m channels) and after the pointwise (M
     channels): y = act_out((act_mid(z * s_mid + t_mid) @ w_pw + b_pw) * s_out + t_out). A
     scale turns its affine on (a missing shift is zero); a shift without its scale is an
-    error."""
+    error. ``epilogue.mid_norm`` (NORM_LAYER) first normalises z over its C*m channels per
+    pixel (``F.layer_norm`` with ``epilogue.mid_eps``; s_mid/t_mid its weight and bias): the
+    launch then takes a z-stationary config (``dsd_norm_config``), and C*m past
+    ``dsd_mid_norm_fits`` is refused (NotImplementedError) before anything runs."""
     N, C, H, W = x.shape
     CM, _, KH, KW = dw_weight.shape
     M = pw_weight.shape[0]
+    epi = epilogue if epilogue is not None else Epilogue()
+    mid_norm = int(epi.mid_norm)
+    if mid_norm not in (NORM_NONE.value, NORM_LAYER.value):
+        raise ValueError(f"dsd_fwd: unknown mid normalisation code {epi.mid_norm!r} (0: none, "
+                         f"1: layer norm)")
+    if mid_norm and not dsd_mid_norm_fits(CM, x.dtype):
+        raise NotImplementedError(
+            f"dsd_fwd: a layer norm between the stages needs all C*m = {CM} channels of a pixel "
+            f"in one tile; {x.dtype} takes at most {DSD_MID_NORM_MAX_CM.get(x.element_size())} "
+            f"(check launchers.dsd_mid_norm_fits and run the layer unfused)")
     OH, OW = shapes.out_sizes((H, W), (KH, KW), stride, pads, dilation)
     y = _runtime.new_output((N, M, OH, OW), x, channels_last)
     if y.numel() == 0:
@@ -453,7 +499,6 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     geo, (pt, pl) = _geometry(stride, pads, dilation, (KH, KW))
     syp = y.stride(3) if OW > 1 else y.stride(2)
     dw_bias, pw_bias = _contiguous(dw_bias), _contiguous(pw_bias)
-    epi = epilogue if epilogue is not None else Epilogue()
 
     def affine(scale, shift, channels, where):
         # (scale, shift) as the kernel reads them: contiguous, `channels` long (a missing
@@ -478,7 +523,12 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     # taps flattened: tap (kh, kw) at (kh*KW + kw)*tap (the register windows read them so)
     wd, tap, stride_wdc = _taps(dw_weight)
 
+    fields = fam.key(CM, M, OH, OW, (KH, KW), stride, dilation, CM // C, channels_last)
+
     def run(c):
+        if mid_norm:  # the norm sees every channel of a pixel: a z-stationary config
+            c = dsd_norm_config(CM, M, OH * OW, x.dtype, channels_last, c,
+                                fam.default(fields, x.element_size()))
         # z-stationary: one program per pixel block loops over every M block (n_mb = 1)
         n_pb, n_mb = triton.cdiv(OH * OW, c["BLOCK_P"]), dsd_recompute_factor(CM, M, c)
         unroll_kw, pix_major = dsd_tap_options(x, CM, KW, c)
@@ -496,14 +546,17 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
             CM, M, H, W, OH, OW, n_pb, n_mb, n_rows, n_img_rows,
             *x.stride(), stride_wdc, KW * tap, tap,
             pw_weight.stride(0), pw_weight.stride(1), y.stride(0), y.stride(1), syp, pt, pl,
+            float(epi.mid_eps),
             MULT=CM // C, HAS_DW_BIAS=dw_bias is not None,
-            HAS_PW_BIAS=pw_bias is not None, HAS_MID_AFFINE=mid_s is not None,
+            HAS_PW_BIAS=pw_bias is not None, MID_NORM=mid_norm,
+            HAS_MID_AFFINE=mid_s is not None,
             MID_ACT=int(epi.mid_act), HAS_OUT_AFFINE=out_s is not None,
             OUT_ACT=int(epi.out_act), ALLOW_TF32=allow_tf32(x.dtype),
             IDX64=idx64, ACC=acc_dtype(x.dtype),
             Z_STATIONARY=dsd_z_stationary(CM, c), UNROLL_KW=unroll_kw, PIX_MAJOR=pix_major,
-            EVEN_K=CM % c["BLOCK_K"] == 0, WIN=win, **geo, **c)
+            EVEN_K=CM % c["BLOCK_K"] == 0, WIN=win, **geo, **c,
+            # windows past 16 taps: ptxas caps 5x5 at 168 registers and spills, as depthwise's
+            **(_window_options(KH, KW) if win > 1 else {}))
         return y
 
-    fields = fam.key(CM, M, OH, OW, (KH, KW), stride, dilation, CM // C, channels_last)
     return dispatch.run(fam.name, fields, x, run, cfg)

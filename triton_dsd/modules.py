@@ -383,8 +383,12 @@ class SeparableChain(nn.Module):
     depthwise, the original modules in order (the batch norm updates its running
     statistics exactly as eager does), the Triton pointwise at the pointwise slot.
 
-    ``links``: (slot, role, activation) in order; roles 'mid_norm', 'mid_act', 'pw',
-    'out_norm', 'out_act'; activation is the epilogue name of an act link or of the
+    A LayerNorm over the channels between the stages (timm's LayerNorm2d, or torchvision's
+    ConvNeXt ``dw -> Permute -> LayerNorm -> Linear``, where the chain's output is permuted
+    as the Linear's was) is the kernel's ``mid_norm``, in train and eval mode alike.
+
+    ``links``: (slot, role, activation) in order; roles 'permute', 'mid_norm', 'mid_act',
+    'pw', 'out_norm', 'out_act'; activation is the epilogue name of an act link or of the
     activation a norm module applies after normalising (timm's BatchNormAct2d)."""
 
     def __init__(self, dw: nn.Module, links, padding=None) -> None:
@@ -394,22 +398,31 @@ class SeparableChain(nn.Module):
         object.__setattr__(self, "links", tuple(links))
         self.padding = dw.padding if padding is None else padding
         self._n_spatial = 1 if isinstance(dw, nn.Conv1d) else 2
+        # a channels-last chain (dw -> permute -> LayerNorm -> Linear, torchvision's ConvNeXt)
+        # returns the pointwise output permuted as its Linear did
+        self.permuted = any(r == "permute" for _, r, _ in self.links)
         self.train(dw.training)
 
     def _link(self, role: str):
         return next(((s, a) for s, r, a in self.links if r == role), (None, None))
 
     def _epilogue(self, norm_role: str, act_role: str, dtype):
-        """(scale, shift, act) of one side, or None if a batch norm there cannot fold."""
+        """(scale, shift, act, norm, eps) of one side, or None if a batch norm there cannot
+        fold; a layer norm over the channels (ConvNeXt) is the kernel's norm with its weight
+        and bias as the scale and shift."""
         norm, norm_act = self._link(norm_role)
         act_slot, act = self._link(act_role)
-        scale = shift = None
+        scale = shift = kind = None
+        eps = 1e-5
         if norm is not None:
-            bn = norm.synced()
-            if not batch_norm_folds(bn):
+            mod = norm.synced()
+            if isinstance(mod, nn.LayerNorm):
+                kind, eps, scale, shift = "layer_norm", mod.eps, mod.weight, mod.bias
+            elif batch_norm_folds(mod):
+                scale, shift = epilogue.fold_batch_norm(mod, dtype)
+            else:
                 return None
-            scale, shift = epilogue.fold_batch_norm(bn, dtype)
-        return scale, shift, act if act is not None else norm_act
+        return scale, shift, act if act is not None else norm_act, kind, eps
 
     def forward(self, x: Tensor) -> Tensor:
         dw = self.conv
@@ -421,16 +434,24 @@ class SeparableChain(nn.Module):
         # a non-'zeros' padding_mode pads first (as nn.Conv does); else our padding, which
         # may be 'tf_same' (timm's Conv2dSame keeps padding 0 and pads in its forward)
         xin, padding = _padded(dw, x) if dw.padding_mode != "zeros" else (x, self.padding)
+        ones = (1,) * self._n_spatial
         if mid is not None and out is not None:
             fn = Fd.dsd_conv2d if self._n_spatial == 2 else Fd.dsd_conv1d
-            return fn(xin, dw.weight, dw.bias, pw.weight, pw.bias, dw.stride, padding,
-                      dw.dilation, fused=True, mid_scale=mid[0], mid_shift=mid[1],
-                      mid_act=mid[2], out_scale=out[0], out_shift=out[1], out_act=out[2])
+            y = fn(xin, dw.weight, dw.bias, pw.weight.view(*pw.weight.shape[:2], *ones),
+                   pw.bias, dw.stride, padding, dw.dilation, fused=True, mid_scale=mid[0],
+                   mid_shift=mid[1], mid_act=mid[2], mid_norm=mid[3], mid_eps=mid[4],
+                   out_scale=out[0], out_shift=out[1], out_act=out[2])
+            if self.permuted:  # (N, M, *spatial) -> (N, *spatial, M), as the Linear gave it
+                y = y.permute(0, *range(2, 2 + self._n_spatial), 1)
+            return y
         dwf = Fd.depthwise_conv2d if self._n_spatial == 2 else Fd.depthwise_conv1d
         pwf = Fd.pointwise_conv2d if self._n_spatial == 2 else Fd.pointwise_conv1d
         v = dwf(xin, dw.weight, dw.bias, dw.stride, padding, dw.dilation)
         for slot, role, _ in self.links:
-            v = pwf(v, pw.weight, pw.bias) if role == "pw" else slot.synced()(v)
+            if role == "pw" and not self.permuted:
+                v = pwf(v, pw.weight, pw.bias)
+            else:  # batch statistics (or a Linear): the module itself
+                v = slot.synced()(v)
         return v
 
     def extra_repr(self) -> str:

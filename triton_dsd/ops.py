@@ -266,13 +266,16 @@ def dsd_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: 
             dilation: List[int], deterministic: bool, mid_scale: Optional[Tensor] = None,
             mid_shift: Optional[Tensor] = None, mid_act: int = 0,
             out_scale: Optional[Tensor] = None, out_shift: Optional[Tensor] = None,
-            out_act: int = 0) -> Tensor:
+            out_act: int = 0, mid_norm: int = 0, mid_eps: float = 1e-5) -> Tensor:
     """The whole separable layer in ONE kernel launch; the depthwise output never leaves the
-    chip. With epilogues (``triton_dsd.epilogue``): act_out((act_mid(dw(x) * mid_scale +
-    mid_shift) @ pw + b) * out_scale + out_shift); scales and shifts come in pairs (both or
-    neither), contiguous, in the accumulator dtype."""
+    chip. With epilogues (``triton_dsd.epilogue``): act_out((act_mid(norm(dw(x)) * mid_scale
+    + mid_shift) @ pw + b) * out_scale + out_shift), norm a layer norm over the C*m channels
+    of each pixel when ``mid_norm`` (``epilogue.NORMS``; only where
+    ``launchers.dsd_mid_norm_fits``); scales and shifts come in pairs (both or neither),
+    contiguous, in the accumulator dtype."""
     _require_triton(x)
-    epi = Epilogue(mid_scale, mid_shift, mid_act, out_scale, out_shift, out_act)
+    epi = Epilogue(mid_scale, mid_shift, mid_act, out_scale, out_shift, out_act, mid_norm,
+                   mid_eps)
     return launchers.dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
                              dilation, is_channels_last_2d(x),
                              epilogue=None if epi.is_identity else epi)
@@ -280,24 +283,36 @@ def dsd_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: 
 
 @dsd_fwd.register_fake
 def _(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, deterministic,
-      mid_scale=None, mid_shift=None, mid_act=0, out_scale=None, out_shift=None, out_act=0):
+      mid_scale=None, mid_shift=None, mid_act=0, out_scale=None, out_shift=None, out_act=0,
+      mid_norm=0, mid_eps=1e-5):
     oh, ow = _out_hw(x, dw_weight, stride, padding, dilation)
     return _fake_like(x, (x.shape[0], pw_weight.shape[0], oh, ow), is_channels_last_2d(x))
 
 
 def _dsd_setup(ctx, inputs, output):
     (x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, deterministic,
-     mid_scale, mid_shift, mid_act, out_scale, out_shift, out_act) = inputs
+     mid_scale, mid_shift, mid_act, out_scale, out_shift, out_act, mid_norm, mid_eps) = inputs
     # the only activation kept is x: z is recomputed in the backward
     ctx.save_for_backward(x, dw_weight, dw_bias, pw_weight, pw_bias, mid_scale, mid_shift,
                           out_scale, out_shift)
     ctx.geometry = (stride, padding, dilation)
     ctx.has_bias = (dw_bias is not None, pw_bias is not None)
     ctx.acts = (mid_act, out_act)
+    ctx.norm = (mid_norm, mid_eps)
     ctx.deterministic = deterministic
 
 
 _CHANNELS = (0, 2, 3)  # the axes a per-channel gradient sums over
+
+
+def _channel_norm(v: Tensor, norm: int, eps: float):
+    """(v normalised over its channels (axis 1) per pixel, 1/sqrt(var + eps)) for a layer
+    norm (``norm``), else (v, None); biased variance, as F.layer_norm."""
+    if not norm:
+        return v, None
+    mean = v.mean(1, keepdim=True)
+    rstd = torch.rsqrt(v.var(1, unbiased=False, keepdim=True) + eps)
+    return (v - mean) * rstd, rstd
 
 
 def _per_channel(v: Tensor) -> Tensor:
@@ -305,27 +320,31 @@ def _per_channel(v: Tensor) -> Tensor:
 
 
 def _dsd_backward(ctx, grad):
-    """Gradients of act_out((act_mid(u * s1 + t1) @ wp + bp) * s2 + t2), u = dw(x) + bd,
-    recomputing u from x (one depthwise forward; one more pointwise forward when the output
-    epilogue needs its input y0):
+    """Gradients of act_out((act_mid(û * s1 + t1) @ wp + bp) * s2 + t2), u = dw(x) + bd,
+    û = u, or with mid_norm û = (u - mean_c u) * r, r = 1/sqrt(var_c u + eps) (per pixel, over
+    the channels), recomputing u from x (one depthwise forward; one more pointwise forward
+    when the output epilogue needs its input y0):
         dy1 = dy * act_out'(y1)    ds2 = sum dy1 * y0    dt2 = sum dy1    dy0 = dy1 * s2
         dv, dwp, dbp from the pointwise backward of dy0
-        da = dv * act_mid'(a)      ds1 = sum da * u      dt1 = sum da     du = da * s1
+        da = dv * act_mid'(a)      ds1 = sum da * û      dt1 = sum da     dû = da * s1
+        du = dû, or with mid_norm  du = r * (dû - mean_c dû - û * mean_c(dû * û))
         dx, dwd, dbd from the depthwise backward of du
     (sums over the batch and pixels; the epilogue arithmetic in the accumulator dtype)."""
     x, dw_weight, dw_bias, pw_weight, pw_bias, s1, t1, s2, t2 = ctx.saved_tensors
     mid_act, out_act = ctx.acts
+    mid_norm, mid_eps = ctx.norm
     need = ctx.needs_input_grad
     need_dwb, need_pwb = need[2] and ctx.has_bias[0], need[4] and ctx.has_bias[1]
     det = ctx.deterministic
     u = depthwise_fwd(x, dw_weight, dw_bias, *ctx.geometry, det)
-    has_mid = s1 is not None or mid_act != 0
+    has_mid = s1 is not None or mid_act != 0 or mid_norm != 0
     has_out = s2 is not None or out_act != 0
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     d_s1 = d_t1 = d_s2 = d_t2 = None
     if has_mid:
         uf = u.to(acc)
-        a = uf * _per_channel(s1) + _per_channel(t1) if s1 is not None else uf
+        uh, rstd = _channel_norm(uf, mid_norm, mid_eps)
+        a = uh * _per_channel(s1) + _per_channel(t1) if s1 is not None else uh
         v = epilogue.act_forward(a, mid_act).to(x.dtype)
     else:
         v = u
@@ -354,15 +373,18 @@ def _dsd_backward(ctx, grad):
             if mid_act != 0:
                 da = da * epilogue.act_grad(a, mid_act)
             if s1 is not None:
-                d_s1 = (da * uf).sum(_CHANNELS) if need[9] else None
+                d_s1 = (da * uh).sum(_CHANNELS) if need[9] else None
                 d_t1 = da.sum(_CHANNELS) if need[10] else None
                 da = da * _per_channel(s1)
+            if mid_norm:  # through the layer norm over channels
+                da = rstd * (da - da.mean(1, keepdim=True)
+                             - uh * (da * uh).mean(1, keepdim=True))
             du = da.to(dv.dtype)
         if need[0] or need[1] or need_dwb:
             dx, ddw, ddb = _depthwise_grads(du, x, dw_weight, ctx.geometry, need[0], need[1],
                                             need_dwb, det)
     return (dx, ddw, ddb, dpw, dpb, None, None, None, None, d_s1, d_t1, None, d_s2, d_t2,
-            None)
+            None, None, None)
 
 
 dsd_fwd.register_autograd(_dsd_backward, setup_context=_dsd_setup)
@@ -370,13 +392,13 @@ _register_autocast(dsd_fwd, _DSD_CAST)
 
 
 def _eager_epilogue(v: Tensor, scale: Optional[Tensor], shift: Optional[Tensor],
-                    act: int) -> Tensor:
+                    act: int, norm: int = 0, eps: float = 1e-5) -> Tensor:
     """The epilogue eagerly, in the accumulator dtype, rounded back to v's dtype (as the
     kernel rounds z before the GEMM and y on store)."""
-    if scale is None and act == 0:
+    if scale is None and act == 0 and not norm:
         return v
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
-    return epilogue.apply(v.to(acc), scale, shift, act).to(v.dtype)
+    return epilogue.apply(_channel_norm(v.to(acc), norm, eps)[0], scale, shift, act).to(v.dtype)
 
 
 def dsd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tensor,
@@ -385,12 +407,15 @@ def dsd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tens
         epi: Optional[Epilogue] = None) -> Tensor:
     """The separable layer by the device policy: fused Triton, two Triton stages, or eager
     (with the epilogues, ``epi``, between and after: in the kernel when fused, eagerly
-    otherwise)."""
+    otherwise; a layer norm over more channels than one program holds runs unfused)."""
     epi = epi or Epilogue()
-    if use_triton(x) and fused:
+    # a layer norm between the stages needs every channel of a pixel in one program
+    norm_fits = not epi.mid_norm or launchers.dsd_mid_norm_fits(dw_weight.shape[0], x.dtype)
+    if use_triton(x) and fused and norm_fits:
         return dsd_fwd(x, dw_weight, dw_bias, pw_weight, pw_bias, list(stride), list(padding),
                        list(dilation), deterministic, *epi)
     z = depthwise(x, dw_weight, dw_bias, stride, padding, dilation, deterministic)
-    z = _eager_epilogue(z, epi.mid_scale, epi.mid_shift, epi.mid_act)
+    z = _eager_epilogue(z, epi.mid_scale, epi.mid_shift, epi.mid_act, epi.mid_norm,
+                        epi.mid_eps)
     y = pointwise(z, pw_weight, pw_bias, deterministic)
     return _eager_epilogue(y, epi.out_scale, epi.out_shift, epi.out_act)
