@@ -72,7 +72,8 @@ def test_canonical_cases_cover_the_issue_matrix():
     assert {p.dim for p in ps} == {1, 2} and {p.layout for p in ps} == {"cl", "nchw"}
     assert {3, 5, 7, 13, 31} <= {p.K for p in ps} and {1, 2, 4} <= {p.dilation for p in ps}
     assert {128, 256, 512, 1024} <= {p.C for p in ps}
-    assert {"dw_fwd", "dw_dx", "dw_dw", "pw_fwd", "fused_fwd", "fused_fwd_bn", "layer"} == \
+    assert {"dw_fwd", "dw_dx", "dw_dw", "pw_fwd", "fused_fwd", "fused_fwd_bn", "fused_fwd_ln",
+            "layer"} == \
         {c.op for c in cases}
 
 

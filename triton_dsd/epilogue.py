@@ -3,6 +3,7 @@
 The fused layer computes::
 
     u = depthwise(x) + b_dw
+    u = layer_norm(u) over the C*m channels of each pixel      # only with mid_norm
     v = act_mid(u * mid_scale + mid_shift)        # per depthwise channel (C*m)
     y = act_out((v @ w_pw + b_pw) * out_scale + out_shift)   # per output channel (M)
 
@@ -10,7 +11,8 @@ which covers dw -> BN -> act -> pw -> BN -> act with the batch norms folded (eva
 ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``). The
 scale/shift are computed at call time from the batch norm's own tensors (autograd flows to
 gamma and beta), never copied. A missing scale/shift is the identity; the activation names
-are :data:`ACTIVATIONS`.
+are :data:`ACTIVATIONS`, the normalisations :data:`NORMS` (ConvNeXt's LayerNorm between the
+stages: its weight and bias are then the mid scale and shift).
 
 This module holds the names and their kernel codes (the codes themselves are the kernels'
 constants, ``kernels/_common.py``), the eager reference of the epilogue and its derivative

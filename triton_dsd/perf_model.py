@@ -49,7 +49,7 @@ import torch
 import triton
 
 from triton_dsd import _runtime, compile_report, dispatch, launchers, problems
-from triton_dsd.epilogue import ACTIVATIONS, Epilogue
+from triton_dsd.epilogue import ACTIVATIONS, NORMS, Epilogue
 from triton_dsd.kernels._common import MAX_UNROLL
 
 # ----------------------------------------------------------------------------- the machine
@@ -76,7 +76,7 @@ class Case:
     """One canonical case: a layer (``problems.Problem``) and what is run on it."""
     name: str
     problem: problems.Problem
-    op: str  # dw_fwd, dw_dx, dw_dw, pw_fwd, fused_fwd, fused_fwd_bn, layer
+    op: str  # dw_fwd, dw_dx, dw_dw, pw_fwd, fused_fwd, fused_fwd_bn, fused_fwd_ln, layer
 
     def outputs(self) -> int:
         """The elements 'instructions per output' divides by: y for forward ops, dx for dX,
@@ -121,6 +121,8 @@ def canonical_cases() -> List[Case]:
         Case("fused fwd NHWC 56² C=M=128 K3", _p(**img, K=3), "fused_fwd"),
         Case("fused fwd NHWC 56² C=M=128 K3 +BN+ReLU6/+BN", _p(**img, K=3), "fused_fwd_bn"),
         Case("fused fwd NCHW 56² C=M=128 K3", _p(**img, K=3, layout="nchw"), "fused_fwd"),
+        Case("fused fwd NHWC 14² C=384 M=1536 K7 +LN/+GELU", _p(32, 384, 1536, 14, 14, K=7),
+             "fused_fwd_ln"),
         Case("fused fwd NHWC 28² C=M=256 K3", _p(16, 256, 256, 28, 28, K=3), "fused_fwd"),
         Case("fused fwd NHWC 14² C=M=512 K3", _p(32, 512, 512, 14, 14, K=3), "fused_fwd"),
         Case("fused fwd NHWC 14² C=M=1024 K7", _p(32, 1024, 1024, 14, 14, K=7), "fused_fwd"),
@@ -152,6 +154,11 @@ def run_case(case: Case, t: Dict[str, torch.Tensor]) -> None:
         cm, m = t["dw"].shape[0], t["pw"].shape[0]
         ones = lambda n: torch.ones(n, device=t["x"].device)  # noqa: E731
         epi = Epilogue(ones(cm), ones(cm) * 0.1, ACTIVATIONS["relu6"], ones(m), ones(m) * 0.1, 0)
+        L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl, epilogue=epi)
+    elif case.op == "fused_fwd_ln":  # ConvNeXt: LayerNorm over channels between, GELU after
+        cm = t["dw"].shape[0]
+        epi = Epilogue(torch.ones(cm, device=t["x"].device), torch.zeros(cm, device=t["x"].device),
+                       0, None, None, ACTIVATIONS["gelu"], NORMS["layer_norm"], 1e-6)
         L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl, epilogue=epi)
     elif case.op == "layer":  # ops._dsd_backward's launches after the fused forward
         L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl)
