@@ -178,3 +178,90 @@ def test_converted_block_under_torch_compile():
     y = compiled(x)
     assert _runtime.LAUNCHES["dsd_fwd_kernel"] == launches
     assert_close(y, model(x.double()), torch.float32, 300)
+
+
+# ----------------------------------------------------------------------------- after convert
+def _sep(dropout=0.0):
+    from blocks import XceptionSeparableConv2d
+    torch.manual_seed(0)
+    m = XceptionSeparableConv2d(4, 6)
+    m.act_dw = nn.Sequential(nn.ReLU(), nn.Dropout(dropout)) if dropout is None else m.act_dw
+    return randomize_norms(m).double()
+
+
+def test_changes_after_convert_raise_rather_than_compute_something_else():
+    x = torch.randn(1, 4, SIZE, SIZE, dtype=torch.float64, device=DEVICE)
+    conv = triton_dsd.convert(_sep().to(DEVICE)).eval()
+    conv(x)
+    conv.bn_pw.momentum = 0.5  # the original's attributes are read and written through
+    assert conv.bn_pw.original.momentum == 0.5 and conv.conv_dw.kernel_size == (3, 3)
+    handle = conv.bn_dw.register_forward_hook(lambda *a: None)
+    with pytest.raises(RuntimeError, match="hooks registered since"):
+        conv(x)
+    handle.remove()
+    conv.act_pw = nn.Hardswish()
+    with pytest.raises(RuntimeError, match="was replaced after"):
+        conv(x)
+    seq = triton_dsd.convert(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                                           nn.BatchNorm2d(4), nn.Dropout(0.0),
+                                           nn.Conv2d(4, 6, 1), nn.ReLU()).double().to(DEVICE))
+    seq.eval()(x)
+    seq[2].p = 0.3  # an identity link that stopped being one
+    with pytest.raises(RuntimeError, match="changed after"):
+        seq(x)
+    seq[2].p = 0.0
+    with pytest.raises(RuntimeError, match="cuts a chain"):
+        seq[:-1]
+    ref = nn.Sequential(*[m.original for m in list(seq)[1:]])
+    assert_close(seq[3:](x[:, :4]), ref[2:](x[:, :4]), torch.float64, 10)  # slots run alone
+    replica = seq[0]._replicate_for_data_parallel()
+    with pytest.raises(RuntimeError, match="DataParallel"):
+        replica(x)
+
+
+def test_type_based_passes_and_old_checkpoints_still_work():
+    model = _sep()
+    ckpt = {k: v.clone() for k, v in model.state_dict().items() if "num_batches" not in k}
+    conv = triton_dsd.convert(model).train()
+    frozen = [m for m in conv.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(frozen) == 2 and all(type(m) is Bypassed for m in frozen)
+    for m in frozen:  # the usual "freeze batch norm" recipe
+        m.eval()
+    before = conv.bn_dw.running_mean.clone()
+    x = torch.randn(2, 4, SIZE, SIZE, dtype=torch.float64, device=DEVICE)
+    _runtime.LAUNCHES.clear()
+    conv.to(DEVICE)(x)
+    assert torch.equal(conv.bn_dw.running_mean, before.to(DEVICE))
+    assert _runtime.LAUNCHES["dsd_fwd_kernel"] == 1  # frozen norms fold: one launch
+    # a checkpoint from before num_batches_tracked existed loads as into nn.BatchNorm2d
+    meta = model.state_dict()._metadata
+    old = type(model.state_dict())(ckpt)
+    old._metadata = {k: dict(v, version=1) for k, v in meta.items()}
+    conv.load_state_dict(old, strict=True)
+
+
+def test_forwards_that_branch_on_training_or_store_intermediates_are_not_fused():
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.bn = nn.BatchNorm2d(4)
+            self.pw = nn.Conv2d(4, 6, 1)
+
+        def forward(self, x):
+            x = self.bn(self.dw(x))
+            if self.training:
+                x = x * 0.5
+            self.mid = x
+            return self.pw(x)
+
+    class Store(Branch):
+        def forward(self, x):
+            self.mid = self.bn(self.dw(x))
+            return self.pw(self.mid)
+
+    for cls, why in ((Branch, "call_function mul"), (Store, "stored as an attribute")):
+        conv, report = triton_dsd.convert(cls().eval(), return_report=True)
+        assert not any(isinstance(m, SeparableChain) for m in conv.modules())
+        assert not hasattr(conv, "mid")  # tracing left nothing on the model
+        assert any(why in r.note for r in report), [str(r) for r in report]

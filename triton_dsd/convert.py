@@ -93,7 +93,11 @@ def _dims(conv: nn.Module) -> int:
     return 1 if isinstance(conv, nn.Conv1d) else 2
 
 
-def _has_hooks(m: nn.Module) -> bool:
+def _has_hooks(m: nn.Module, state_dict: bool = False) -> bool:
+    """Forward, pre-forward or backward hooks on ``m`` (and, with ``state_dict``, state-dict
+    and load hooks: a fused chain's slots start without them)."""
+    if state_dict and any(getattr(m, a, None) for a in _HOOK_ATTRS[7:]):
+        return True
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                 or getattr(m, "_backward_pre_hooks", None))
 
@@ -251,6 +255,26 @@ def _compare_modes(original: nn.Module, candidate: nn.Module, x: Tensor) -> Opti
     return None
 
 
+class ChainSequential(nn.Sequential):
+    """An ``nn.Sequential`` holding modules of a fused chain (:class:`~triton_dsd.modules.
+    SeparableChain` and its :class:`~triton_dsd.modules.Bypassed` slots): a slice that would
+    cut a chain (its head without all its slots, which would compute the whole chain anyway)
+    raises instead of computing something else; ``to_eager`` first, or slice before convert."""
+
+    def __getitem__(self, idx):
+        out = super().__getitem__(idx)
+        if isinstance(idx, slice):
+            inside = set(map(id, out.modules()))
+            for m in out.modules():
+                if isinstance(m, M.SeparableChain) and \
+                        not all(id(s) in inside for s, _, _ in m.links):
+                    raise RuntimeError(
+                        "triton_dsd: this slice cuts a chain that triton_dsd.convert fused "
+                        "(its depthwise conv without all the modules after it); slice the "
+                        "model before convert, or after triton_dsd.to_eager")
+        return out
+
+
 class FusedSequential(nn.Sequential):
     """An ``nn.Sequential`` in which some (depthwise conv, 1x1 conv) neighbours run as one
     fused kernel. The children keep their names, order and parameters, so the state_dict keys
@@ -360,6 +384,11 @@ def _probe_activation(m: nn.Module) -> Optional[str]:
     probe = _deepcopy(m)
     for attr in _HOOK_ATTRS:
         getattr(probe, attr, {}).clear()
+    with torch.random.fork_rng(devices=[]):  # a Dropout probed leaves the global RNG alone
+        return _probe_modes(probe)
+
+
+def _probe_modes(probe: nn.Module) -> Optional[str]:
     found = None
     for training in (True, False):
         probe.train(training)
@@ -431,7 +460,8 @@ def _same_padding_candidate(m: nn.Module) -> bool:
 
 def _dw_padding(m: nn.Module):
     """The padding our kernels use for depthwise conv ``m``, or None if it is not one."""
-    if not _depthwise_like(m) or isinstance(m, _OURS):
+    if type(m) in (M.SeparableChain, M.Bypassed) or not _depthwise_like(m) or \
+            isinstance(m, _OURS):
         return None
     if _why_not_swappable(m) is None:
         return m.padding
@@ -473,7 +503,7 @@ def _parse_chain(dw_path: str, dw: nn.Module, padding, successors) -> _Chain:
         if m is None:
             chain.stop = path
             break
-        if _has_hooks(m):
+        if _has_hooks(m, state_dict=True):
             chain.stop = f"{path} carries hooks"
             break
         if permuted:  # channels last: the 1x1 is an nn.Linear
@@ -548,14 +578,48 @@ class _LeafTracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+def _trace(module: nn.Module, training: bool):
+    """(graph, the nodes whose values the forward stores as attributes) of a copy of
+    ``module`` traced in train or eval mode (a copy: tracing runs the forward, which may store
+    proxies on the module); None if it does not trace."""
+    try:
+        copy_ = _deepcopy(module).train(training)
+        graph = _LeafTracer().trace(copy_)
+    except Exception:  # noqa: BLE001 - data-dependent control flow etc.: look one level down
+        return None
+    stored = {v.node for m in copy_.modules() for v in vars(m).values()
+              if isinstance(v, torch.fx.Proxy)}
+    return graph, stored
+
+
+def _chain_key(chain: _Chain):
+    return chain.dw_path, tuple((p, r, a) for p, _, r, a in chain.links), chain.stop
+
+
 def _traced_chains(module: nn.Module) -> Optional[List[_Chain]]:
     """The chains of ``module``'s traced forward (torch.fx), or None if it does not trace.
     A link is a module called once in the whole graph, on the previous link's output alone,
-    which nothing else uses."""
-    try:
-        graph = _LeafTracer().trace(module)
-    except Exception:  # noqa: BLE001 - data-dependent control flow etc.: look one level down
-        return None
+    which nothing else uses and the forward does not store. The forward is traced in train
+    and in eval mode: a chain must be the same in both (a forward may branch on
+    ``self.training``)."""
+    found = []
+    for training in (True, False):
+        traced = _trace(module, training)
+        if traced is None:
+            return None
+        found.append(_graph_chains(module, *traced))
+    eval_keys = {_chain_key(c): c for c in found[1]}
+    chains = []
+    for c in found[0]:
+        if _chain_key(c) in eval_keys or not c.fusable:
+            chains.append(c)
+        else:
+            chains.append(dataclasses.replace(c, links=[], stop="the forward differs between "
+                                              "train and eval mode around it"))
+    return chains
+
+
+def _graph_chains(module: nn.Module, graph, stored) -> List[_Chain]:
     calls = {}
     for n in graph.nodes:
         if n.op == "call_module":
@@ -566,6 +630,9 @@ def _traced_chains(module: nn.Module) -> Optional[List[_Chain]]:
         """(path, module) of each next link; (why not, None) where the line ends."""
         while True:
             users = list(node.users)
+            if node in stored:
+                yield f"{node.target}'s output is stored as an attribute", None
+                return
             if len(users) != 1:
                 yield f"{node.target}'s output has {len(users)} users", None
                 return
@@ -574,7 +641,8 @@ def _traced_chains(module: nn.Module) -> Optional[List[_Chain]]:
                 yield _NOTHING_FOLLOWS, None
                 return
             if u.op != "call_module":
-                yield f"{node.target}'s output goes to {u.op} {getattr(u.target, '__name__', u.target)}", None
+                yield (f"{node.target}'s output goes to {u.op} "
+                       f"{getattr(u.target, '__name__', u.target)}"), None
                 return
             if u.args != (node,) or u.kwargs:
                 yield f"{u.target} takes other inputs too", None
@@ -588,11 +656,11 @@ def _traced_chains(module: nn.Module) -> Optional[List[_Chain]]:
 
     chains = []
     for n in graph.nodes:
-        if n.op != "call_module" or calls[n.target] != 1:
+        if n.op != "call_module" or calls[n.target] != 1 or len(n.args) != 1 or n.kwargs:
             continue
         m = module.get_submodule(n.target)
         padding = _dw_padding(m)
-        if padding is None or id(m) in shared or _has_hooks(m):
+        if padding is None or id(m) in shared or _has_hooks(m, state_dict=True):
             continue
         chains.append(_parse_chain(n.target, m, padding, succ(n)))
     return chains
@@ -609,8 +677,6 @@ def _chain_head(chain: _Chain, head_path: str):
     """(the SeparableChain, [(path, Bypassed)]) over the chain's very modules."""
     slots, links = [], []
     for path, m, role, act in chain.links:
-        if role == "identity":
-            continue
         slot = M.Bypassed(m, head_path)
         slots.append((path, slot))
         links.append((slot, role, act))
@@ -716,6 +782,10 @@ def _convert_chains(module: nn.Module, prefix: str, report: List[Replacement]) -
         _set_path(module, chain.dw_path, head)
         for path, slot in slots:
             _set_path(module, path, slot)
+            parent = module.get_submodule(path.rpartition(".")[0])
+            head._homes[slot] = (parent, path.rpartition(".")[2])
+            if type(parent) is nn.Sequential:  # a slice must not cut the chain
+                parent.__class__ = ChainSequential
             report.append(Replacement(_join(prefix, path), type(slot.original).__name__,
                                       "Bypassed", f"computed by the fused chain at {where}"))
     return True
@@ -895,6 +965,9 @@ def _to_eager(module: nn.Module, prefix: str, report: List[Replacement]) -> nn.M
         new._modules = module._modules
         report.append(Replacement(prefix, name, "Sequential"))
         return _carry_hooks(module, new)
+    if type(module) is ChainSequential and not any(
+            isinstance(m, (M.SeparableChain, M.Bypassed)) for m in module.modules()):
+        module.__class__ = nn.Sequential
     return module
 
 

@@ -15,6 +15,7 @@ placed there runs.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -333,32 +334,118 @@ class EagerDepthwiseSeparableDilatedConv1d(_EagerSeparable):
 
 
 # --------------------------------------------------------------------------- fused chains
-class Bypassed(nn.Module):
-    """Stands at a module path whose work a :class:`SeparableChain` does: it holds the very
-    parameters, buffers and children of the module it replaces (the same dictionaries, so the
-    state_dict keys, ``.to()``, ``.half()`` and loading reach them) and passes its input
-    through. ``.original`` is the replaced module (``to_eager`` puts it back)."""
+def _new_standing(cls):
+    return cls.__new__(cls)
 
-    def __init__(self, original: nn.Module, head: str) -> None:
-        super().__init__()
+
+class _Standing(nn.Module):
+    """A module standing at another module's path (``original``): it holds the original's
+    parameter, buffer and child dictionaries themselves (so the state_dict keys, ``.to()``,
+    ``.half()`` and loading reach them), reads and writes the original's other attributes
+    (``bn.momentum = 0.01``, ``conv.kernel_size``), and loads and saves its state as the
+    original does (batch norm's handling of old checkpoints included), and answers
+    ``isinstance`` as the original (``type()`` is its own). Only ``training``, hooks and the
+    slot's own bookkeeping (``_``-prefixed, ``head``) stay on the slot."""
+
+    _OWN = ("training", "head", "padding", "permuted", "links", "conv")
+
+    @property
+    def __class__(self):
+        # isinstance(slot, nn.BatchNorm2d) stays true for the module it stands for, so
+        # type-based passes (freezing batch norms, init loops) still find it; type() is ours
+        original = self.__dict__.get("original")
+        return type(self) if original is None else type(original)
+
+    def __reduce_ex__(self, protocol):  # pickle / deepcopy by the real class, not __class__
+        return _new_standing, (type(self),), self.__getstate__()
+
+    def _stand_for(self, original: nn.Module) -> None:
         self._parameters = original._parameters
         self._buffers = original._buffers
         self._non_persistent_buffers_set = original._non_persistent_buffers_set
         self._modules = original._modules
         self._version = getattr(original, "_version", 1)
-        object.__setattr__(self, "original", original)  # not a child: its keys are ours
-        self.head = head
         self.train(original.training)
+        object.__setattr__(self, "original", original)  # not a child: its keys are ours
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("original")
+            if original is None:
+                raise
+            return getattr(original, name)
+
+    def __setattr__(self, name, value):
+        original = self.__dict__.get("original")
+        if original is not None and not name.startswith("_") and name not in self._OWN and \
+                name in vars(original):  # the original's own attributes: momentum, eps, ...
+            setattr(original, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_from_head", None)  # a weak reference: not pickled, not copied
+        return state
 
     def synced(self) -> nn.Module:
         """The original module, in this slot's train/eval mode (``model.train()`` reaches the
         slot, not the unregistered original)."""
         orig = self.original
-        orig.train(self.training)
+        if orig.training != self.training:
+            orig.train(self.training)
         return orig
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.original._load_from_state_dict(*args, **kwargs)
+
+    def _save_to_state_dict(self, *args, **kwargs):
+        self.original._save_to_state_dict(*args, **kwargs)
+
+    def _check_standing(self, where: str) -> None:
+        """RuntimeError if this slot no longer stands for its original as convert left it:
+        hooks registered on it since (they would see a pass-through), or state dictionaries
+        no longer shared (nn.DataParallel replicas, pruning)."""
+        if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or \
+                getattr(self, "_backward_pre_hooks", None):
+            raise RuntimeError(
+                f"triton_dsd: {where} was fused into a SeparableChain by triton_dsd.convert "
+                f"and has hooks registered since; they would see a pass-through, not its "
+                f"output. Register hooks before convert (the chain is then not fused), or "
+                f"run triton_dsd.to_eager(model) first")
+        orig = self.original
+        parametrized = torch.nn.utils.parametrize.is_parametrized
+        if self._parameters is not orig._parameters or self._buffers is not orig._buffers \
+                or self._modules is not orig._modules or "weight" in self.__dict__ \
+                or parametrized(self) or parametrized(orig):
+            raise RuntimeError(
+                f"triton_dsd: {where} no longer shares its tensors with the module it stands "
+                f"for (an nn.DataParallel replica, pruning or a parametrization after "
+                f"convert). Use DistributedDataParallel, or prune before triton_dsd.convert")
+
+
+class Bypassed(_Standing):
+    """Stands at a module path whose work a :class:`SeparableChain` does (see
+    :class:`_Standing`: same parameters, buffers, children and attributes as the module it
+    replaces). Called with what the chain returned, it passes it through; called with
+    anything else (directly, or from a slice of a Sequential that starts past the chain's
+    head) it runs the original module. ``.original`` is the replaced module (``to_eager``
+    puts it back)."""
+
+    def __init__(self, original: nn.Module, head: str) -> None:
+        super().__init__()
+        self.head = head
+        self._stand_for(original)
+        self._from_head = None  # a weak reference to the chain's last output
+
     def forward(self, x, *args, **kwargs):
-        return x
+        ref = self.__dict__.get("_from_head")
+        if torch.compiler.is_compiling() or (ref is not None and ref() is x and not args
+                                             and not kwargs):
+            return x
+        return self.synced()(x, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"computed by {self.head or '<root>'}: {self.original!r}"
@@ -370,11 +457,21 @@ def batch_norm_folds(bn: nn.Module) -> bool:
     return not bn.training and getattr(bn, "running_mean", None) is not None
 
 
-class SeparableChain(nn.Module):
+def _fingerprint(m: nn.Module, own: bool = True):
+    """What a module computes by, apart from its tensors: its plain attributes (``own``) and
+    its children's, recursively (an activation's ``approximate``, a Dropout's ``p``, the
+    ``act`` child of timm's BatchNormAct2d)."""
+    attrs = tuple(sorted((k, repr(v)) for k, v in vars(m).items()
+                         if own and not k.startswith("_") and k != "training"))
+    return attrs, tuple((n, id(c), _fingerprint(c)) for n, c in m._modules.items()
+                        if c is not None)
+
+
+class SeparableChain(_Standing):
     """A depthwise conv and what follows it up to and past a 1x1 conv, as one module:
     dw -> [batch norm] -> [activation] -> pw -> [batch norm] -> [activation]. It stands at the
-    depthwise conv's path and holds its parameters (the same dictionary: same state_dict
-    keys); the other modules stay at their paths as :class:`Bypassed` slots holding theirs.
+    depthwise conv's path for it (:class:`_Standing`: same parameters and attributes; ``.conv``
+    is the original conv); the other modules stay at their paths as :class:`Bypassed` slots.
 
     Forward: while every batch norm of the chain uses its running statistics (eval mode), ONE
     fused launch with the batch norms folded into the kernel's epilogues (``mid_*`` between
@@ -387,24 +484,55 @@ class SeparableChain(nn.Module):
     ConvNeXt ``dw -> Permute -> LayerNorm -> Linear``, where the chain's output is permuted
     as the Linear's was) is the kernel's ``mid_norm``, in train and eval mode alike.
 
+    Before each call (outside torch.compile) it checks that the chain is as convert left it
+    and raises RuntimeError otherwise, rather than compute something else: a slot replaced at
+    its path, hooks registered on a slot since, an activation or identity link changed
+    (``nn.GELU().approximate``, a Dropout's ``p``), tensors no longer shared
+    (nn.DataParallel replicas, pruning after convert).
+
     ``links``: (slot, role, activation) in order; roles 'permute', 'mid_norm', 'mid_act',
-    'pw', 'out_norm', 'out_act'; activation is the epilogue name of an act link or of the
-    activation a norm module applies after normalising (timm's BatchNormAct2d)."""
+    'pw', 'out_norm', 'out_act', 'identity'; activation is the epilogue name of an act link
+    or of the activation a norm module applies after normalising (timm's BatchNormAct2d)."""
 
     def __init__(self, dw: nn.Module, links, padding=None) -> None:
         super().__init__()
-        self._parameters = dw._parameters
-        object.__setattr__(self, "conv", dw)  # the original depthwise conv, not a child
-        object.__setattr__(self, "links", tuple(links))
+        self.links = tuple(links)
         self.padding = dw.padding if padding is None else padding
         self._n_spatial = 1 if isinstance(dw, nn.Conv1d) else 2
         # a channels-last chain (dw -> permute -> LayerNorm -> Linear, torchvision's ConvNeXt)
         # returns the pointwise output permuted as its Linear did
         self.permuted = any(r == "permute" for _, r, _ in self.links)
-        self.train(dw.training)
+        self._homes = {}  # slot -> (its parent module, its name there): set by convert
+        self._fingerprints = [(slot, _fingerprint(slot.original, not r.endswith("norm")))
+                              for slot, r, _ in self.links if r != "pw"]
+        self._stand_for(dw)
+
+    @property
+    def conv(self) -> nn.Module:
+        """The original depthwise conv."""
+        return self.original
 
     def _link(self, role: str):
         return next(((s, a) for s, r, a in self.links if r == role), (None, None))
+
+    def _check(self) -> None:
+        where = "a module of this chain"
+        self._check_standing("the depthwise conv of this chain")
+        for slot, _, _ in self.links:
+            home = self._homes.get(slot)
+            name = home[1] if home else where
+            slot._check_standing(name)
+            if home is not None and home[0]._modules.get(home[1]) is not slot:
+                raise RuntimeError(
+                    f"triton_dsd: the module at '{name}' was replaced after triton_dsd.convert "
+                    f"fused it into a SeparableChain; the chain would compute the old one. "
+                    f"Convert again (or run triton_dsd.to_eager first)")
+        for slot, before in self._fingerprints:
+            if _fingerprint(slot.original, before[0] != ()) != before:
+                raise RuntimeError(
+                    f"triton_dsd: '{self._homes.get(slot, (None, where))[1]}' "
+                    f"({type(slot.original).__name__}) changed after triton_dsd.convert fused "
+                    f"it (an attribute or child that decides what it computes); convert again")
 
     def _epilogue(self, norm_role: str, act_role: str, dtype):
         """(scale, shift, act, norm, eps) of one side, or None if a batch norm there cannot
@@ -425,7 +553,18 @@ class SeparableChain(nn.Module):
         return scale, shift, act if act is not None else norm_act, kind, eps
 
     def forward(self, x: Tensor) -> Tensor:
-        dw = self.conv
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            self._check()
+        y = self._compute(x)
+        if not compiling:  # the slots pass exactly this through, and run anything else
+            ref = weakref.ref(y)
+            for slot, _, _ in self.links:
+                slot._from_head = ref
+        return y
+
+    def _compute(self, x: Tensor) -> Tensor:
+        dw = self.synced()
         pw = self._link("pw")[0].synced()
         _checks.check_layer_input(type(self).__name__, x, dw.in_channels, self._n_spatial)
         acc = x.dtype if x.dtype == torch.float64 else torch.float32
@@ -442,7 +581,7 @@ class SeparableChain(nn.Module):
                    mid_shift=mid[1], mid_act=mid[2], mid_norm=mid[3], mid_eps=mid[4],
                    out_scale=out[0], out_shift=out[1], out_act=out[2])
             if self.permuted:  # (N, M, *spatial) -> (N, *spatial, M), as the Linear gave it
-                y = y.permute(0, *range(2, 2 + self._n_spatial), 1)
+                y = y.permute(0, *range(2, 2 + self._n_spatial), 1).contiguous()
             return y
         dwf = Fd.depthwise_conv2d if self._n_spatial == 2 else Fd.depthwise_conv1d
         pwf = Fd.pointwise_conv2d if self._n_spatial == 2 else Fd.pointwise_conv1d
@@ -457,4 +596,4 @@ class SeparableChain(nn.Module):
     def extra_repr(self) -> str:
         roles = ", ".join(f"{r}={type(s.original).__name__}" + (f"({a})" if a else "")
                           for s, r, a in self.links)
-        return f"{self.conv!r}, padding={self.padding!r}, {roles}"
+        return f"{self.original!r}, padding={self.padding!r}, {roles}"
