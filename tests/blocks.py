@@ -210,6 +210,38 @@ class CNBlock(nn.Module):
         return self.layer_scale * self.block(x) + x
 
 
+class ConformerConvModule(nn.Module):
+    """The Conformer convolution module (ESPnet/torchaudio layout): 1x1 -> GLU -> depthwise
+    K31 -> BatchNorm1d -> SiLU -> 1x1 -> Dropout, in an nn.Sequential."""
+
+    def __init__(self, c, k=31):
+        super().__init__()
+        self.sequential = nn.Sequential(nn.Conv1d(c, 2 * c, 1), nn.GLU(dim=1),
+                                        nn.Conv1d(c, c, k, padding=k // 2, groups=c),
+                                        nn.BatchNorm1d(c), nn.SiLU(), nn.Conv1d(c, c, 1),
+                                        nn.Dropout(0.1))
+
+    def forward(self, x):
+        return self.sequential(x)
+
+
+class QuartzNetSubBlock(nn.Module):
+    """A QuartzNet (NeMo JasperBlock, separable) sub-block written with named attributes:
+    depthwise K33 -> 1x1 -> BatchNorm1d -> ReLU -> Dropout."""
+
+    def __init__(self, c, m, k=33, dilation=1):
+        super().__init__()
+        self.dw = nn.Conv1d(c, c, k, padding=dilation * (k // 2), dilation=dilation, groups=c,
+                            bias=False)
+        self.pw = nn.Conv1d(c, m, 1, bias=False)
+        self.bn = nn.BatchNorm1d(m, eps=1e-3, momentum=0.1)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, x):
+        return self.drop(self.act(self.bn(self.pw(self.dw(x)))))
+
+
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random running statistics and affine parameters for every batch norm, random affine
     parameters for every layer norm (fresh ones are the identity (batch norm in eval mode) or
@@ -230,7 +262,7 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-#: name -> (builder, input channels, dsd_fwd launches per eval forward)
+#: name -> (builder, input channels, dsd_fwd launches per eval forward[, spatial dims])
 BLOCKS = {
     "timm_separable": (lambda: SeparableConv2d(4, 6, 3, dilation=2), 4, 1),
     "separable_conv_norm_act": (lambda: SeparableConvNormAct(4, 6, 3, stride=2), 4, 1),
@@ -239,4 +271,6 @@ BLOCKS = {
     "mbconv_no_se": (lambda: MBConvNoSE(4, 4), 4, 1),
     "convnext_block": (lambda: ConvNeXtBlock(4), 4, 1),
     "torchvision_cnblock": (lambda: CNBlock(6), 6, 1),
+    "conformer_conv_module": (lambda: ConformerConvModule(4), 4, 1, 1),
+    "quartznet_sub_block": (lambda: QuartzNetSubBlock(4, 6, dilation=2), 4, 1, 1),
 }

@@ -21,20 +21,22 @@ SIZE = 9  # odd: TensorFlow 'SAME' padding with stride 2 pads unevenly
 
 
 def _setup(name, dtype):
-    build, c, launches = BLOCKS[name]
+    build, c, launches, *dims = BLOCKS[name]
     torch.manual_seed(0)
     model = randomize_norms(build()).to(DEVICE, torch.float64)
     conv, report = triton_dsd.convert(model, return_report=True)
-    x = torch.randn(2, c, SIZE, SIZE, device=DEVICE, dtype=torch.float64)
+    spatial = (SIZE, SIZE) if (dims or [2])[0] == 2 else (5 * SIZE,)
+    x = torch.randn(2, c, *spatial, device=DEVICE, dtype=torch.float64)
     return model, conv.to(dtype), report, x, launches
 
 
 def _has_norm(conv):
-    return any(isinstance(m, Bypassed) and isinstance(m.original, nn.modules.batchnorm._BatchNorm)
+    return any(type(m) is Bypassed and isinstance(m.original, nn.modules.batchnorm._BatchNorm)
                for m in conv.modules())
 
 
 def _run(model, x, dtype):
+    torch.manual_seed(7)  # the same dropout masks for the eager and the converted model
     x = x.detach().to(dtype).requires_grad_()
     y = model(x)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -62,9 +64,12 @@ def test_block_equals_eager_in_float64(name, training):
     assert_close(y, y_ref, torch.float64, 200, "y")
     assert_close(dx, dx_ref, torch.float64, 200, "dx")
     assert list(grads) == list(grads_ref)
+    # a gradient that is zero in exact arithmetic (a conv bias right before a batch norm in
+    # training) is rounding noise on both sides: the scale is the block's largest gradient
+    floor = torch.tensor(max(float(g.abs().max()) for g in grads_ref.values()))
     for n in grads_ref:
         assert grads[n] is not None, n
-        assert_close(grads[n], grads_ref[n], torch.float64, 2000, n)
+        assert_close(grads[n], grads_ref[n], torch.float64, 2000, n, magnitude=floor)
     for (n, a), b in zip(model.named_buffers(), conv.buffers()):  # running stats moved alike
         assert_close(b, a, torch.float64, 10, n)
 
@@ -74,7 +79,7 @@ def test_block_equals_eager_in_float64(name, training):
                          ids=["fp32-eval", "fp16-eval", "bf16-eval", "fp32-train"])
 @pytest.mark.parametrize("name", ["xception_block", "mobilenetv2_inverted_residual",
                                   "mbconv_no_se", "separable_conv_norm_act",
-                                  "torchvision_cnblock"])
+                                  "torchvision_cnblock", "conformer_conv_module"])
 def test_block_per_dtype(name, dtype, training):
     model, conv, _, x, launches = _setup(name, dtype)
     model.train(training)
@@ -181,12 +186,10 @@ def test_converted_block_under_torch_compile():
 
 
 # ----------------------------------------------------------------------------- after convert
-def _sep(dropout=0.0):
+def _sep():
     from blocks import XceptionSeparableConv2d
     torch.manual_seed(0)
-    m = XceptionSeparableConv2d(4, 6)
-    m.act_dw = nn.Sequential(nn.ReLU(), nn.Dropout(dropout)) if dropout is None else m.act_dw
-    return randomize_norms(m).double()
+    return randomize_norms(XceptionSeparableConv2d(4, 6)).double()
 
 
 def test_changes_after_convert_raise_rather_than_compute_something_else():

@@ -51,15 +51,62 @@ def _finish(y: Tensor, dim: int, unbatched: bool) -> Tensor:
     return y.squeeze(0) if unbatched else y
 
 
+def _cat_frames(a: Tensor, b: Tensor) -> Tensor:
+    """a then b along the last (time) axis, in b's memory format (channel-last 1D stays so)."""
+    if b.dim() == 3 and b.shape[1] > 1 and b.stride(1) == 1:
+        return torch.cat([a.transpose(1, 2), b.transpose(1, 2)], dim=1).transpose(1, 2)
+    return torch.cat([a, b], dim=-1)
+
+
+def _stream(where: str, x: Tensor, K: int, dilation, padding, initial_state,
+            return_final_state: bool):
+    """Causal 1D streaming: (x preceded by the state, padding 0, the state after x or None).
+
+    The state is the last d*(K-1) input frames per channel, (N, C, d*(K-1)) (zeros when
+    ``initial_state`` is None): prepending it to a chunk and convolving without padding
+    gives exactly the chunk's outputs of the whole sequence, and the new state is the last
+    d*(K-1) frames of that extended chunk. (One copy of the chunk per call; the state's
+    gradient flows through the concatenation.)"""
+    if padding != "causal":
+        raise ValueError(f"{where}: `initial_state` / `return_final_state` stream a causal "
+                         f"convolution: they need padding='causal'; got padding={padding!r}")
+    d = shapes.positive_tuple(where, "dilation", dilation, 1)[0]
+    width = shapes.causal_pad(K, d)
+    N, C = x.shape[:2]
+    if initial_state is None:
+        initial_state = x.new_zeros((N, C, width))
+    else:
+        _checks.check_tensor(where, "initial_state", initial_state, 3,
+                             f"(N, C, dilation*(K-1)) = ({N}, {C}, {width})")
+        _checks.check_same(where, "x", x, "initial_state", initial_state)
+        if tuple(initial_state.shape) != (N, C, width):
+            raise ValueError(f"{where}: `initial_state` must have shape (N, C, dilation*(K-1)) "
+                             f"= ({N}, {C}, {width}): the last {width} input frames of each "
+                             f"channel; got {tuple(initial_state.shape)}")
+    xs = _cat_frames(initial_state, x)
+    final = xs[..., xs.shape[-1] - width:].clone() if return_final_state else None
+    return xs, 0, final
+
+
 def _depthwise(where: str, dim: int, x, weight, bias, stride, padding, dilation,
-               deterministic) -> Tensor:
-    x, weight, bias = ops.autocast_args(x, weight, bias)
+               deterministic, initial_state=None, return_final_state=False):
+    streaming = initial_state is not None or return_final_state
+    x, weight, bias, initial_state = ops.autocast_args(x, weight, bias, initial_state)
     x, unbatched = _batched(x, dim)
     _checks.check_depthwise(where, x, weight, bias, dim)
+    final = None
+    if streaming:
+        state = initial_state.unsqueeze(0) if unbatched and initial_state is not None \
+            and initial_state.dim() == 2 else initial_state
+        x, padding, final = _stream(where, x, weight.shape[-1], dilation, padding, state,
+                                    return_final_state)
     geo = _geometry(where, dim, x, tuple(weight.shape[2:]), stride, padding, dilation)
     y = ops.depthwise(_as_2d(x, dim), _as_2d(weight, dim), bias, *geo,
                       _deterministic(deterministic))
-    return _finish(y, dim, unbatched)
+    y = _finish(y, dim, unbatched)
+    if return_final_state:
+        return y, final.squeeze(0) if unbatched else final
+    return y
 
 
 def _pointwise(where: str, dim: int, x, weight, bias, deterministic) -> Tensor:
@@ -99,14 +146,22 @@ def _epilogue(where: str, x: Tensor, CM: int, M: int, mid_scale, mid_shift, mid_
 
 def _dsd(where: str, dim: int, x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
          dilation, fused, deterministic, mid_scale=None, mid_shift=None, mid_act=None,
-         out_scale=None, out_shift=None, out_act=None, mid_norm=None, mid_eps=1e-5) -> Tensor:
+         out_scale=None, out_shift=None, out_act=None, mid_norm=None, mid_eps=1e-5,
+         initial_state=None, return_final_state=False):
     if pw_weight is None:
         raise TypeError(f"{where}: `pw_weight` is required (the 1x1 weight (M, C*m"
                         f"{', 1' * dim})); the biases are optional")
-    x, dw_weight, dw_bias, pw_weight, pw_bias = ops.autocast_args(
-        x, dw_weight, dw_bias, pw_weight, pw_bias)
+    streaming = initial_state is not None or return_final_state
+    x, dw_weight, dw_bias, pw_weight, pw_bias, initial_state = ops.autocast_args(
+        x, dw_weight, dw_bias, pw_weight, pw_bias, initial_state)
     x, unbatched = _batched(x, dim)
     C, m = _checks.check_depthwise(where, x, dw_weight, dw_bias, dim, "dw_weight", "dw_bias")
+    final = None
+    if streaming:
+        state = initial_state.unsqueeze(0) if unbatched and initial_state is not None \
+            and initial_state.dim() == 2 else initial_state
+        x, padding, final = _stream(where, x, dw_weight.shape[-1], dilation, padding, state,
+                                    return_final_state)
     M = _checks.check_pointwise(where, C * m, pw_weight, pw_bias, dim, "x", x, "pw_weight",
                                 "pw_bias")
     epi = _epilogue(where, x, C * m, M, mid_scale, mid_shift, mid_act, out_scale, out_shift,
@@ -114,7 +169,10 @@ def _dsd(where: str, dim: int, x, dw_weight, dw_bias, pw_weight, pw_bias, stride
     geo = _geometry(where, dim, x, tuple(dw_weight.shape[2:]), stride, padding, dilation)
     y = ops.dsd(_as_2d(x, dim), _as_2d(dw_weight, dim), dw_bias, _as_2d(pw_weight, dim),
                 pw_bias, *geo, bool(fused), _deterministic(deterministic), epi)
-    return _finish(y, dim, unbatched)
+    y = _finish(y, dim, unbatched)
+    if return_final_state:
+        return y, final.squeeze(0) if unbatched else final
+    return y
 
 
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -134,15 +192,21 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
 
 def depthwise_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                      stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1, *,
-                     deterministic: Optional[bool] = None) -> Tensor:
+                     initial_state: Optional[Tensor] = None, return_final_state: bool = False,
+                     deterministic: Optional[bool] = None):
     """Dilated depthwise 1D convolution: ``F.conv1d(x, weight, bias, stride, padding, dilation, groups=C)``.
 
     x: (N, C, L) or unbatched (C, L), contiguous or with channel-last strides (a transposed
     (N, L, C) tensor; the output keeps them). weight: (C*m, 1, K). padding: int, 'same',
     'valid' or 'causal'. Runs as the 2D kernels on (N, C, 1, L) views: no copy.
+
+    Streaming (padding='causal'): ``initial_state`` (N, C, dilation*(K-1)), the last input
+    frames before ``x`` (zeros when None), and ``return_final_state=True`` returns
+    ``(y, final_state)``, the state after ``x``: a sequence fed in chunks of any size, the
+    state carried, gives the whole sequence's output. The state gets gradients.
     """
     return _depthwise("triton_dsd.depthwise_conv1d", 1, x, weight, bias, stride, padding,
-                      dilation, deterministic)
+                      dilation, deterministic, initial_state, return_final_state)
 
 
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
@@ -202,10 +266,14 @@ def dsd_conv1d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
                mid_shift: Optional[Tensor] = None, mid_act: Optional[str] = None,
                out_scale: Optional[Tensor] = None, out_shift: Optional[Tensor] = None,
                out_act: Optional[str] = None, mid_norm: Optional[str] = None,
-               mid_eps: float = 1e-5, deterministic: Optional[bool] = None) -> Tensor:
+               mid_eps: float = 1e-5, initial_state: Optional[Tensor] = None,
+               return_final_state: bool = False, deterministic: Optional[bool] = None):
     """1D depthwise-separable dilated conv (padding may be 'causal'); weights (C*m, 1, K),
     (M, C*m, 1); the epilogues as in :func:`dsd_conv2d`. Runs as the 2D kernels on
-    (N, C, 1, L) views."""
+    (N, C, 1, L) views. Streaming with ``initial_state`` / ``return_final_state`` (causal
+    padding) as in :func:`depthwise_conv1d`: the state is the depthwise input's last
+    dilation*(K-1) frames, (N, C, dilation*(K-1)), and the result ``(y, final_state)``."""
     return _dsd("triton_dsd.dsd_conv1d", 1, x, dw_weight, dw_bias, pw_weight, pw_bias, stride,
                 padding, dilation, fused, deterministic, mid_scale, mid_shift, mid_act,
-                out_scale, out_shift, out_act, mid_norm, mid_eps)
+                out_scale, out_shift, out_act, mid_norm, mid_eps, initial_state,
+                return_final_state)

@@ -220,7 +220,13 @@ class _Separable(nn.Module):
         return (self.fused and plain_module(self.depthwise, dw_cls)
                 and plain_module(self.pointwise, pw_cls))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, initial_state: Optional[Tensor] = None,
+                return_final_state: bool = False):
+        """The layer; for a causal 1D layer, streaming too: ``initial_state`` (N, C,
+        dilation*(K-1)), the last input frames before ``x`` (zeros when None), and
+        ``return_final_state=True`` returns ``(y, final_state)`` (``functional.dsd_conv1d``)."""
+        if initial_state is not None or return_final_state:
+            return self._stream(x, initial_state, return_final_state)
         if not self.fuses():  # through the children: their hooks and wrappers run
             return self.pointwise(self.depthwise(x))
         dw, pw = self.depthwise, self.pointwise
@@ -229,6 +235,33 @@ class _Separable(nn.Module):
         fn = Fd.dsd_conv2d if self._n_spatial == 2 else Fd.dsd_conv1d
         return fn(x, dw.weight, dw.bias, pw.weight, pw.bias, dw.stride, padding, dw.dilation,
                   fused=True)
+
+    def _stream(self, x, initial_state, return_final_state):
+        name = type(self).__name__
+        dw, pw = self.depthwise, self.pointwise
+        if self._n_spatial != 1 or getattr(dw, "padding", None) != "causal":
+            raise ValueError(f"{name}: `initial_state` / `return_final_state` stream a causal "
+                             f"1D layer; this one has padding="
+                             f"{getattr(dw, 'padding', None)!r}")
+        if dw.padding_mode != "zeros":
+            raise ValueError(f"{name}: streaming carries the previous frames in place of the "
+                             f"padding; `padding_mode`={dw.padding_mode!r} has no streaming "
+                             f"meaning (use 'zeros')")
+        dw_cls, pw_cls = self._classes()
+        if not plain_module(dw, dw_cls):
+            raise NotImplementedError(f"{name}: streaming through a depthwise child with hooks "
+                                      f"or a wrapper is not supported")
+        _checks.check_layer_input(name, x, dw.in_channels, 1)
+        if self.fused and plain_module(pw, pw_cls):
+            return Fd.dsd_conv1d(x, dw.weight, dw.bias, pw.weight, pw.bias, dw.stride,
+                                 "causal", dw.dilation, fused=True, initial_state=initial_state,
+                                 return_final_state=return_final_state)
+        out = Fd.depthwise_conv1d(x, dw.weight, dw.bias, dw.stride, "causal", dw.dilation,
+                                  initial_state=initial_state,
+                                  return_final_state=return_final_state)
+        if return_final_state:
+            return self.pointwise(out[0]), out[1]
+        return self.pointwise(out)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}"
