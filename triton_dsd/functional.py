@@ -12,8 +12,9 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from triton_dsd import _checks, epilogue, ops, shapes
+from triton_dsd import _checks, epilogue, ops, shapes, varlen
 from triton_dsd.shapes import Padding
+from triton_dsd.varlen import conv1d_out_cu_seqlens  # noqa: F401  (public: the output offsets)
 
 IntOrTuple = Union[int, Sequence[int]]
 
@@ -45,10 +46,27 @@ def _geometry(where: str, dim: int, x: Tensor, kernel, stride, padding, dilation
     return stride, pads, dilation
 
 
-def _finish(y: Tensor, dim: int, unbatched: bool) -> Tensor:
+def _finish(y: Tensor, dim: int, unbatched: bool, plan: Optional[varlen.Plan] = None) -> Tensor:
     if dim == 1:
         y = y.squeeze(2)
+    if plan is not None:  # packed sequences: each one's valid frames
+        y = varlen.unpack(y, plan)
     return y.squeeze(0) if unbatched else y
+
+
+def _refuse_packed_streaming(where: str, cu_seqlens, streaming: bool) -> None:
+    if cu_seqlens is not None and streaming:
+        raise NotImplementedError(
+            f"{where}: `cu_seqlens` cannot be combined with `initial_state` / "
+            f"`return_final_state`: a state is per sequence and packed streaming is not "
+            f"supported; stream each sequence on its own (x[..., a:b] with its state), or "
+            f"drop `cu_seqlens` and stream a (N, C, L) batch")
+
+
+def _varlen(where: str, x: Tensor, cu_seqlens, K: int, stride, padding, dilation):
+    """Packed sequences (``triton_dsd.varlen``): (the zero-padded pack, padding 0, the plan)."""
+    plan = varlen.plan(where, x, cu_seqlens, K, stride, padding, dilation)
+    return varlen.pack(x, plan), 0, plan
 
 
 def _cat_frames(a: Tensor, b: Tensor) -> Tensor:
@@ -89,12 +107,16 @@ def _stream(where: str, x: Tensor, K: int, dilation, padding, initial_state,
 
 
 def _depthwise(where: str, dim: int, x, weight, bias, stride, padding, dilation,
-               deterministic, initial_state=None, return_final_state=False):
+               deterministic, initial_state=None, return_final_state=False, cu_seqlens=None):
     streaming = initial_state is not None or return_final_state
     x, weight, bias, initial_state = ops.autocast_args(x, weight, bias, initial_state)
     x, unbatched = _batched(x, dim)
     _checks.check_depthwise(where, x, weight, bias, dim)
-    final = None
+    final = plan = None
+    _refuse_packed_streaming(where, cu_seqlens, streaming)
+    if cu_seqlens is not None:
+        x, padding, plan = _varlen(where, x, cu_seqlens, weight.shape[-1], stride, padding,
+                                   dilation)
     if streaming:
         state = initial_state.unsqueeze(0) if unbatched and initial_state is not None \
             and initial_state.dim() == 2 else initial_state
@@ -103,7 +125,7 @@ def _depthwise(where: str, dim: int, x, weight, bias, stride, padding, dilation,
     geo = _geometry(where, dim, x, tuple(weight.shape[2:]), stride, padding, dilation)
     y = ops.depthwise(_as_2d(x, dim), _as_2d(weight, dim), bias, *geo,
                       _deterministic(deterministic))
-    y = _finish(y, dim, unbatched)
+    y = _finish(y, dim, unbatched, plan)
     if return_final_state:
         return y, final.squeeze(0) if unbatched else final
     return y
@@ -147,7 +169,7 @@ def _epilogue(where: str, x: Tensor, CM: int, M: int, mid_scale, mid_shift, mid_
 def _dsd(where: str, dim: int, x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
          dilation, fused, deterministic, mid_scale=None, mid_shift=None, mid_act=None,
          out_scale=None, out_shift=None, out_act=None, mid_norm=None, mid_eps=1e-5,
-         initial_state=None, return_final_state=False):
+         initial_state=None, return_final_state=False, cu_seqlens=None):
     if pw_weight is None:
         raise TypeError(f"{where}: `pw_weight` is required (the 1x1 weight (M, C*m"
                         f"{', 1' * dim})); the biases are optional")
@@ -156,6 +178,7 @@ def _dsd(where: str, dim: int, x, dw_weight, dw_bias, pw_weight, pw_bias, stride
         x, dw_weight, dw_bias, pw_weight, pw_bias, initial_state)
     x, unbatched = _batched(x, dim)
     C, m = _checks.check_depthwise(where, x, dw_weight, dw_bias, dim, "dw_weight", "dw_bias")
+    _refuse_packed_streaming(where, cu_seqlens, streaming)
     final = None
     if streaming:
         state = initial_state.unsqueeze(0) if unbatched and initial_state is not None \
@@ -166,10 +189,14 @@ def _dsd(where: str, dim: int, x, dw_weight, dw_bias, pw_weight, pw_bias, stride
                                 "pw_bias")
     epi = _epilogue(where, x, C * m, M, mid_scale, mid_shift, mid_act, out_scale, out_shift,
                     out_act, mid_norm, mid_eps)
+    plan = None
+    if cu_seqlens is not None:
+        x, padding, plan = _varlen(where, x, cu_seqlens, dw_weight.shape[-1], stride, padding,
+                                   dilation)
     geo = _geometry(where, dim, x, tuple(dw_weight.shape[2:]), stride, padding, dilation)
     y = ops.dsd(_as_2d(x, dim), _as_2d(dw_weight, dim), dw_bias, _as_2d(pw_weight, dim),
                 pw_bias, *geo, bool(fused), _deterministic(deterministic), epi)
-    y = _finish(y, dim, unbatched)
+    y = _finish(y, dim, unbatched, plan)
     if return_final_state:
         return y, final.squeeze(0) if unbatched else final
     return y
@@ -193,7 +220,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
 def depthwise_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                      stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1, *,
                      initial_state: Optional[Tensor] = None, return_final_state: bool = False,
-                     deterministic: Optional[bool] = None):
+                     deterministic: Optional[bool] = None, cu_seqlens: Optional[Tensor] = None):
     """Dilated depthwise 1D convolution: ``F.conv1d(x, weight, bias, stride, padding, dilation, groups=C)``.
 
     x: (N, C, L) or unbatched (C, L), contiguous or with channel-last strides (a transposed
@@ -204,9 +231,20 @@ def depthwise_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     frames before ``x`` (zeros when None), and ``return_final_state=True`` returns
     ``(y, final_state)``, the state after ``x``: a sequence fed in chunks of any size, the
     state carried, gives the whole sequence's output. The state gets gradients.
+
+    Packed variable-length batches: ``cu_seqlens`` (int32/int64, B+1 offsets on x's device,
+    0 = cu_seqlens[0] <= ... <= cu_seqlens[-1] = T) says that x (1, C, T) or (C, T) holds B
+    sequences one after another, sequence i at frames [cu_seqlens[i], cu_seqlens[i+1]), as
+    flash-attn packs them. Each is convolved on its own (no tap crosses a boundary; the
+    padding, any of int, 'valid', 'same', 'causal', 'tf_same', applies at each sequence's
+    own ends; any stride) and its output is frames [cu_out[i], cu_out[i+1]) of y, with
+    ``cu_out = conv1d_out_cu_seqlens(cu_seqlens, K, stride, padding, dilation)`` (==
+    cu_seqlens for stride 1 with 'same'/'causal'). Still one kernel launch: see
+    ``triton_dsd.varlen`` for how, and its cost (a padded copy of x, a gather of y). Not
+    with streaming (``initial_state`` / ``return_final_state``).
     """
     return _depthwise("triton_dsd.depthwise_conv1d", 1, x, weight, bias, stride, padding,
-                      dilation, deterministic, initial_state, return_final_state)
+                      dilation, deterministic, initial_state, return_final_state, cu_seqlens)
 
 
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
@@ -267,13 +305,21 @@ def dsd_conv1d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
                out_scale: Optional[Tensor] = None, out_shift: Optional[Tensor] = None,
                out_act: Optional[str] = None, mid_norm: Optional[str] = None,
                mid_eps: float = 1e-5, initial_state: Optional[Tensor] = None,
-               return_final_state: bool = False, deterministic: Optional[bool] = None):
+               return_final_state: bool = False, deterministic: Optional[bool] = None,
+               cu_seqlens: Optional[Tensor] = None):
     """1D depthwise-separable dilated conv (padding may be 'causal'); weights (C*m, 1, K),
     (M, C*m, 1); the epilogues as in :func:`dsd_conv2d`. Runs as the 2D kernels on
     (N, C, 1, L) views. Streaming with ``initial_state`` / ``return_final_state`` (causal
     padding) as in :func:`depthwise_conv1d`: the state is the depthwise input's last
-    dilation*(K-1) frames, (N, C, dilation*(K-1)), and the result ``(y, final_state)``."""
+    dilation*(K-1) frames, (N, C, dilation*(K-1)), and the result ``(y, final_state)``.
+
+    Packed variable-length batches with ``cu_seqlens`` (B+1 offsets into x (1, C, T) or
+    (C, T)) as in :func:`depthwise_conv1d`: every sequence is convolved on its own, with
+    the padding at its own ends; sequence i's output is frames [cu_out[i], cu_out[i+1]) of
+    y, ``cu_out = conv1d_out_cu_seqlens(cu_seqlens, K, stride, padding, dilation)``. The
+    epilogues, ``fused`` and every gradient work as without it; still one fused launch."""
     return _dsd("triton_dsd.dsd_conv1d", 1, x, dw_weight, dw_bias, pw_weight, pw_bias, stride,
                 padding, dilation, fused, deterministic, mid_scale, mid_shift, mid_act,
                 out_scale, out_shift, out_act, mid_norm, mid_eps, initial_state,
-                return_final_state)
+                return_final_state, cu_seqlens)
+

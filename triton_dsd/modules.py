@@ -104,6 +104,21 @@ class DepthwiseConv1d(nn.Conv1d):
             self._reversed_padding_repeated_twice = [
                 shapes.causal_pad(self.kernel_size[0], self.dilation[0]), 0]
 
+    def forward(self, input: Tensor, cu_seqlens: Optional[Tensor] = None) -> Tensor:
+        """nn.Conv1d's forward; ``cu_seqlens`` (B+1 offsets) convolves a packed
+        variable-length batch (1, C, T) / (C, T) sequence by sequence, the padding at each
+        sequence's own ends (``functional.depthwise_conv1d``; output offsets
+        ``conv1d_out_cu_seqlens``). Zero padding only."""
+        if cu_seqlens is None:
+            return super().forward(input)
+        name = type(self).__name__
+        if self.padding_mode != "zeros":
+            raise ValueError(f"{name}: `cu_seqlens` pads each sequence with zeros; "
+                             f"`padding_mode`={self.padding_mode!r} is not supported with it")
+        _checks.check_layer_input(name, input, self.in_channels, 1)
+        return Fd.depthwise_conv1d(input, self.weight, self.bias, self.stride, self.padding,
+                                   self.dilation, cu_seqlens=cu_seqlens)
+
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         _checks.check_layer_input(type(self).__name__, input, self.in_channels, 1)
         input, padding = _padded(self, input)
@@ -221,10 +236,18 @@ class _Separable(nn.Module):
                 and plain_module(self.pointwise, pw_cls))
 
     def forward(self, x: Tensor, initial_state: Optional[Tensor] = None,
-                return_final_state: bool = False):
+                return_final_state: bool = False, cu_seqlens: Optional[Tensor] = None):
         """The layer; for a causal 1D layer, streaming too: ``initial_state`` (N, C,
         dilation*(K-1)), the last input frames before ``x`` (zeros when None), and
-        ``return_final_state=True`` returns ``(y, final_state)`` (``functional.dsd_conv1d``)."""
+        ``return_final_state=True`` returns ``(y, final_state)`` (``functional.dsd_conv1d``).
+
+        1D: ``cu_seqlens`` (int32/int64 B+1 offsets) runs a packed variable-length batch x
+        (1, C, T) or (C, T), each sequence on its own with the padding at its own ends
+        (``functional.dsd_conv1d``); sequence i's output is frames [cu_out[i], cu_out[i+1])
+        with ``cu_out = triton_dsd.conv1d_out_cu_seqlens(cu_seqlens, K, stride, padding,
+        dilation)`` (== cu_seqlens for stride 1 with 'same'/'causal')."""
+        if cu_seqlens is not None:
+            return self._packed(x, cu_seqlens, initial_state is not None or return_final_state)
         if initial_state is not None or return_final_state:
             return self._stream(x, initial_state, return_final_state)
         if not self.fuses():  # through the children: their hooks and wrappers run
@@ -235,6 +258,27 @@ class _Separable(nn.Module):
         fn = Fd.dsd_conv2d if self._n_spatial == 2 else Fd.dsd_conv1d
         return fn(x, dw.weight, dw.bias, pw.weight, pw.bias, dw.stride, padding, dw.dilation,
                   fused=True)
+
+    def _packed(self, x, cu_seqlens, streaming: bool):
+        name = type(self).__name__
+        dw, pw = self.depthwise, self.pointwise
+        if self._n_spatial != 1:
+            raise ValueError(f"{name}: `cu_seqlens` packs 1D sequences; this is a 2D layer")
+        if streaming:
+            raise NotImplementedError(f"{name}: `cu_seqlens` cannot be combined with "
+                                      f"`initial_state` / `return_final_state`; stream each "
+                                      f"sequence on its own, or drop `cu_seqlens`")
+        if not isinstance(dw, DepthwiseConv1d):
+            raise NotImplementedError(f"{name}: `cu_seqlens` needs the depthwise child to be a "
+                                      f"DepthwiseConv1d; it is {type(dw).__name__}")
+        if dw.padding_mode != "zeros":
+            raise ValueError(f"{name}: `cu_seqlens` pads each sequence with zeros; "
+                             f"`padding_mode`={dw.padding_mode!r} is not supported with it")
+        if not self.fuses():  # through the children (the pointwise stage is per frame)
+            return pw(dw(x, cu_seqlens=cu_seqlens))
+        _checks.check_layer_input(name, x, dw.in_channels, 1)
+        return Fd.dsd_conv1d(x, dw.weight, dw.bias, pw.weight, pw.bias, dw.stride, dw.padding,
+                             dw.dilation, fused=True, cu_seqlens=cu_seqlens)
 
     def _stream(self, x, initial_state, return_final_state):
         name = type(self).__name__
