@@ -85,9 +85,13 @@ def test_every_launch_sets_fp_fusion_explicitly():
     import torch
     from triton_dsd import _runtime, problems
     prob = problems.Problem(N=1, C=4, M=8, H=5, W=6, K=3, dilation=2, dtype=torch.float32)
+    from triton_dsd import launchers
     with _runtime.capture_launches() as calls:
         for _, _, default, run in problems.tunables(prob):
             run(default)
+        # the decode step is not tuned: launched on its own
+        launchers.dsd_step(torch.zeros(2, 4), torch.zeros(2, 4, 2), torch.zeros(4, 1, 1, 3),
+                           None, torch.zeros(8, 4, 1, 1), None, 1, False)
     assert {c.kernel.fn.__name__ for c in calls} == set(registry.KERNEL_NAMES)
     assert all(c.kwargs["enable_fp_fusion"] is True for c in calls)
 

@@ -32,8 +32,8 @@ def _map_source_tree() -> None:
 
 _map_source_tree()
 
-from triton_dsd.functional import (depthwise_conv1d, depthwise_conv2d, dsd_conv1d, dsd_conv2d,
-                                   pointwise_conv1d, pointwise_conv2d)
+from triton_dsd.functional import (depthwise_conv1d, depthwise_conv2d, dsd_conv1d, dsd_conv1d_step,
+                                   dsd_conv2d, pointwise_conv1d, pointwise_conv2d)
 from triton_dsd.varlen import conv1d_out_cu_seqlens
 from triton_dsd.modules import (DepthwiseConv1d, DepthwiseConv2d, DepthwiseSeparableDilatedConv1d,
                                 DepthwiseSeparableDilatedConv2d, EagerDepthwiseSeparableDilatedConv1d,
@@ -51,5 +51,5 @@ __all__ = [
     "DepthwiseSeparableDilatedConv1d", "DepthwiseSeparableDilatedConv2d",
     "EagerDepthwiseSeparableDilatedConv1d", "EagerDepthwiseSeparableDilatedConv2d", "convert",
     "to_eager", "FusedSequential", "SeparableChain", "Bypassed", "use_triton", "compare",
-    "conv1d_out_cu_seqlens",
+    "conv1d_out_cu_seqlens", "dsd_conv1d_step",
 ]

@@ -22,7 +22,8 @@ import triton
 from torch import nn
 
 import triton_dsd
-from triton_dsd import _io, cost
+from triton_dsd import _io, cost, ops
+from triton_dsd.epilogue import Epilogue
 from triton_dsd.problems import Problem
 
 COLUMNS = ["op", "mode", "provider", "dtype", "layout", "dim", "N", "C", "m", "M", "H", "W", "K",
@@ -34,7 +35,11 @@ IDENTITY = ["op", "mode", "provider", "dtype", "layout", "dim", "N", "C", "m", "
 #: the sizes of a row's problem (the plots vary one and hold the others)
 SIZE_COLUMNS = ["N", "C", "m", "M", "H", "W", "K", "dilation", "stride"]
 PROVIDERS = ("triton_fused", "triton_unfused", "eager", "eager_cudnn", "eager_native", "compile")
-MODES = ("fwd", "bwd", "fwd+bwd")
+MODES = ("fwd", "bwd", "fwd+bwd", "step")
+#: the decode step (one frame of N streams of a causal 1D layer, the conv state carried) is
+#: the whole layer's mode: our one-launch step, the eager decode a user writes (conv over the
+#: state and the frame, the 1x1, the state moved), and that eager decode under torch.compile
+STEP_PROVIDERS = ("triton_fused", "eager", "compile")
 OPS = ("dsd", "depthwise", "pointwise")
 #: which providers exist for which op (the single-stage ops have one Triton kernel)
 OP_PROVIDERS = {
@@ -46,8 +51,12 @@ OP_PROVIDERS = {
 CUDA_ONLY = ("eager_cudnn", "eager_native")
 
 
-def providers_for(op: str, providers: Sequence[str], device: torch.device) -> List[str]:
-    """The requested providers that exist for ``op`` on ``device`` (cuDNN ones need CUDA)."""
+def providers_for(op: str, providers: Sequence[str], device: torch.device,
+                  mode: str = "fwd") -> List[str]:
+    """The requested providers that exist for ``op`` (and ``mode``: 'step' is the whole
+    layer's, ``STEP_PROVIDERS``) on ``device`` (cuDNN ones need CUDA)."""
+    if mode == "step":
+        return [p for p in providers if op == "dsd" and p in STEP_PROVIDERS]
     return [p for p in providers if p in OP_PROVIDERS[op]
             and (device.type == "cuda" or p not in CUDA_ONLY)]
 
@@ -115,8 +124,48 @@ def _copies(p: Problem, op: str) -> int:
     return int(min(4, max(1, -(-60 * 2**20 // max(nbytes, 1)))))
 
 
+def _step_case(provider: str, p: Problem) -> Callable[[], object]:
+    """One decode frame of N = p.N streams through a causal 1D layer of the problem's sizes
+    (its length is irrelevant), the state carried from call to call; frames rotate over
+    copies generated on the device."""
+    torch.manual_seed(0)
+    layer = triton_dsd.DepthwiseSeparableDilatedConv1d(
+        p.C, p.M, p.K, p.dilation, "causal", depth_multiplier=p.m, device=p.device,
+        dtype=p.dtype)
+    state = layer.init_state(p.N)
+    g = torch.Generator(device=p.device).manual_seed(0)
+    frames = [torch.randn(p.N, p.C, generator=g, device=p.device).to(p.dtype)
+              for _ in range(4)]
+    i = {"i": 0}
+
+    def nxt():
+        i["i"] = (i["i"] + 1) % len(frames)
+        return frames[i["i"]]
+
+    if provider == "triton_fused":
+        def run():
+            with torch.no_grad():
+                return layer.step(nxt(), state)
+        return run
+    dw, pw = layer.depthwise, layer.pointwise
+    weights = (dw.weight.detach().unsqueeze(2), dw.bias.detach(), pw.weight.detach().unsqueeze(3),
+               pw.bias.detach(), p.dilation)
+    fn = ops.eager_step
+    if provider == "compile":
+        torch._dynamo.reset()
+        fn = torch.compile(fn, backend="inductor" if p.device.type == "cuda" else "aot_eager")
+    empty = Epilogue()
+
+    def run():
+        with torch.no_grad():
+            return fn(nxt(), state, *weights, empty)
+    return run
+
+
 def make_case(op: str, provider: str, mode: str, p: Problem) -> Callable[[], object]:
     """A no-argument callable running one timed iteration (inputs rotate between calls)."""
+    if mode == "step":
+        return _step_case(provider, p)
     torch.manual_seed(0)
     module = _module(op, provider, p)
     if provider == "compile":
@@ -197,7 +246,6 @@ def run(problems: Sequence[Problem], ops: Sequence[str], providers: Sequence[str
     rows = []
     for p in problems:
         first = len(rows)
-        c = p.cost()
         name = gpu_name(p.device)
         try:
             dev = cost.device_for(name)
@@ -205,7 +253,10 @@ def run(problems: Sequence[Problem], ops: Sequence[str], providers: Sequence[str
             dev = None
         for op in ops:
             for mode in modes:
-                for prov in providers_for(op, providers, p.device):
+                if mode == "step" and p.dim != 1:  # a decode step is a causal 1D layer's
+                    continue
+                c = p.cost_of(mode)
+                for prov in providers_for(op, providers, p.device, mode):
                     try:
                         fn = make_case(op, prov, mode, p)
                         m = measure(fn, p.device)

@@ -174,6 +174,10 @@ BENCH_PRESETS = {
     "quick": dict(PRESETS["quick"], K=[3, 5, 7], dilation=[1, 2], C=[64, 128]),
     "full": dict(PRESETS["full"], C=[32, 64, 128, 256]),
     "ci": PRESETS["ci"],
+    # decode steps (--mode step): a batch of 1..256 streams, C = M 256..1024 (square only)
+    "step": dict(dim=[1], K=[4, 31], dilation=[1], C=[256, 512, 1024], M=[256, 512, 1024],
+                 dtype=["bfloat16"], layout=["cl"], N=[1, 8, 32, 64, 256], H=1, W=64,
+                 stride=[1], m=[1], square=True),
 }
 
 
@@ -251,10 +255,13 @@ def sweep_grid(args, presets=PRESETS) -> tuple:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) \
         if torch.cuda.is_available() else torch.device("cpu")
     problems = []
-    for dim, K, d, C, M, dt, lay, s, m in itertools.product(
-            grid["dim"], grid["K"], grid["dilation"], grid["C"], grid["M"], grid["dtype"],
-            grid["layout"], grid["stride"], grid["m"]):
-        p = Problem(N=grid["N"], C=C, M=M, H=1 if dim == 1 else grid["H"], W=grid["W"], K=K,
+    batches = grid["N"] if isinstance(grid["N"], list) else [grid["N"]]
+    for N, dim, K, d, C, M, dt, lay, s, m in itertools.product(
+            batches, grid["dim"], grid["K"], grid["dilation"], grid["C"], grid["M"],
+            grid["dtype"], grid["layout"], grid["stride"], grid["m"]):
+        if grid.get("square") and C != M:
+            continue
+        p = Problem(N=N, C=C, M=M, H=1 if dim == 1 else grid["H"], W=grid["W"], K=K,
                     dilation=d, stride=s, m=m, dim=dim, dtype=getattr(torch, dt), layout=lay,
                     device=device)
         if min(p.out_hw) >= 1:
@@ -265,7 +272,7 @@ def sweep_grid(args, presets=PRESETS) -> tuple:
     return problems, grid.get("max_candidates")
 
 
-def _add_grid_flags(p: argparse.ArgumentParser, presets) -> None:
+def _add_grid_flags(p: argparse.ArgumentParser, presets, many_batches: bool = False) -> None:
     p.add_argument("--preset", choices=sorted(presets),
                    help="a predefined grid (flags override it; default: quick on a GPU, ci "
                         "under the interpreter)")
@@ -279,7 +286,11 @@ def _add_grid_flags(p: argparse.ArgumentParser, presets) -> None:
     p.add_argument("--dtype", type=_choice_list(DTYPES), help="bfloat16, float16, float32")
     p.add_argument("--layout", type=_choice_list({"cl": "cl", "nchw": "nchw"}),
                    help="cl (channels_last) and/or nchw")
-    p.add_argument("--N", type=_pos_int, help="batch size")
+    if many_batches:
+        p.add_argument("--N", type=_int_list, help="batch sizes (streams, for --mode step), "
+                                                   "e.g. 1,8,64")
+    else:
+        p.add_argument("--N", type=_pos_int, help="batch size")
     p.add_argument("--H", type=_pos_int, help="input height (2D)")
     p.add_argument("--W", type=_pos_int, help="input width (2D) / length (1D)")
 
@@ -341,6 +352,7 @@ def cmd_bench(args) -> int:
     if stop is not None:
         return stop
     args.preset = args.preset or ("quick" if torch.cuda.is_available() else "ci")
+    args.mode = args.mode or (["step"] if args.preset == "step" else ["fwd"])
     problems, _ = sweep_grid(args, BENCH_PRESETS)
     interp = not torch.cuda.is_available()
     if args.csv:
@@ -360,7 +372,8 @@ def cmd_bench(args) -> int:
     dev = problems[0].device
     for op in args.op:
         dropped = [p for p in args.provider if p in bench.OP_PROVIDERS[op]
-                   and p not in bench.providers_for(op, args.provider, dev)]
+                   and p not in bench.providers_for(op, args.provider, dev)
+                   and "step" not in args.mode]
         if dropped:
             print(f"note: {', '.join(dropped)} measure cuDNN on/off and need a CUDA device: "
                   f"not run for {op} here")
@@ -482,13 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time Triton against the eager baseline into a CSV (+ figures)",
                        description="Times each provider with triton.testing.do_bench and appends "
                                    "the rows to a CSV (a re-measured row replaces its old one).")
-    _add_grid_flags(b, BENCH_PRESETS)
+    _add_grid_flags(b, BENCH_PRESETS, many_batches=True)
     b.add_argument("--op", type=_choice_list({o: o for o in bench.OPS}), default=["dsd"],
                    help="dsd (the whole layer), depthwise, pointwise")
     b.add_argument("--provider", type=_choice_list({p: p for p in bench.PROVIDERS}),
                    default=list(bench.PROVIDERS), help="any of " + ", ".join(bench.PROVIDERS))
-    b.add_argument("--mode", type=_choice_list({m: m for m in bench.MODES}), default=["fwd"],
-                   help="fwd, bwd, fwd+bwd")
+    b.add_argument("--mode", type=_choice_list({m: m for m in bench.MODES}), default=None,
+                   help="fwd, bwd, fwd+bwd, step (one decode frame of N streams of the causal "
+                        "1D layer; the 'step' preset's default) (default: fwd)")
     b.add_argument("--csv", default=None, help="CSV to append to (default: plots/bench_<GPU>.csv)")
     b.add_argument("--out-dir", default=None, help="folder for the CSV (bench.csv) and figures")
     b.add_argument("--no-plot", action="store_true", help="do not draw figures")

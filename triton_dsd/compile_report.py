@@ -166,6 +166,18 @@ def _cases() -> Dict[str, Callable[[], None]]:
         "fused bf16 1D-NLC k5 d4 C256 M256": lambda: L.dsd_fwd(
             seq(bf16, True), w(256, 5, bf16, kh=1), None, w2(256, 256, bf16), None, (1, 1),
             (0, 0, 16, 0), (1, 4), True),
+        # decode steps: one frame of N streams, the conv state (N, C, d*(K-1)) moved in place
+        "step bf16 N1 C1024 M1024 k4 atomic": lambda: L.dsd_step(
+            torch.empty(1, 1024, dtype=bf16), torch.empty(1, 1024, 3, dtype=bf16),
+            w(1024, 4, bf16, kh=1), torch.empty(1024, dtype=bf16), w2(1024, 1024, bf16),
+            torch.empty(1024, dtype=bf16), 1, False),
+        "step bf16 N256 C1024 M1024 k31 +bn+silu/+bn+relu deterministic": lambda: L.dsd_step(
+            torch.empty(256, 1024, dtype=bf16), torch.empty(256, 1024, 30, dtype=bf16),
+            w(1024, 31, bf16, kh=1), None, w2(1024, 1024, bf16), None, 1, True,
+            bn("silu", "relu", 1024, 1024)),
+        "step fp32 N16 C256 M256 k4 d8": lambda: L.dsd_step(
+            torch.empty(16, 256, dtype=fp32), torch.empty(16, 256, 24, dtype=fp32),
+            w(256, 4, fp32, kh=1), None, w2(256, 256, fp32), None, 8, False),
     }
 
 

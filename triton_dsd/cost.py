@@ -94,6 +94,29 @@ def layer_cost(N: int, C: int, M: int, H: int, W: int, kernel_size: Pair, dilati
         y_bytes=y_bytes, dtype_bytes=dtype_bytes)
 
 
+def step_cost(N: int, C: int, M: int, K: int, dilation: int = 1, depth_multiplier: int = 1,
+              bias: bool = True, dtype_bytes: int = 2) -> LayerCost:
+    """One decode frame of a causal 1D layer for N streams (``functional.dsd_conv1d_step``).
+
+    Ideal bytes, the floor of a step: the weights (read once, whatever N: at small N they are
+    nearly all of it), x_t and y_t, the K-1 state frames the taps read and the one frame the
+    state gains (a ring buffer's traffic; a state kept oldest-first, as ours is, also moves its
+    other d*(K-1) - 1 frames, which this floor does not count). MACs: N*(C*m*K + C*m*M)."""
+    cm = C * depth_multiplier
+    p_dw = cm * K + (cm if bias else 0)
+    p_pw = cm * M + (M if bias else 0)
+    x_bytes = N * C * dtype_bytes
+    y_bytes = N * M * dtype_bytes
+    state_bytes = N * C * (K - 1 + (1 if dilation * (K - 1) > 0 else 0)) * dtype_bytes
+    w_bytes = (p_dw + p_pw) * dtype_bytes
+    fused = x_bytes + y_bytes + w_bytes + state_bytes
+    return LayerCost(
+        out_hw=(1, 1), params_depthwise=p_dw, params_pointwise=p_pw,
+        params_dense=C * M * K + (M if bias else 0), macs_depthwise=N * cm * K,
+        macs_pointwise=N * cm * M, macs_dense=N * C * M * K, bytes_fused=fused,
+        bytes_unfused=fused + 2 * N * cm * dtype_bytes, y_bytes=y_bytes, dtype_bytes=dtype_bytes)
+
+
 @dataclasses.dataclass(frozen=True)
 class Device:
     name: str
@@ -119,8 +142,9 @@ def device_for(gpu_name: str) -> Device:
                    f"(pass --bandwidth and --flops)")
 
 
-#: backward moves about twice the forward's bytes and does twice its FLOPs (dX and dW)
-MODE_FACTOR = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}
+#: backward moves about twice the forward's bytes and does twice its FLOPs (dX and dW); a decode
+#: step's LayerCost (``step_cost``) is already one frame
+MODE_FACTOR = {"fwd": 1, "bwd": 2, "fwd+bwd": 3, "step": 1}
 
 
 def op_work(c: LayerCost, op: str, mode: str = "fwd") -> Tuple[float, float, float]:

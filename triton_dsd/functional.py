@@ -323,3 +323,80 @@ def dsd_conv1d(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor] = None,
                 out_scale, out_shift, out_act, mid_norm, mid_eps, initial_state,
                 return_final_state, cu_seqlens)
 
+
+def _overlaps(t: Tensor) -> bool:
+    """True if two elements of t share memory (an expanded or overlapping view): by the
+    strides, sorted, each at least the extent of the smaller ones."""
+    extent = 0
+    dims = sorted(((abs(st), n) for n, st in zip(t.shape, t.stride()) if n > 1))
+    for stride, size in dims:
+        if stride <= extent:
+            return True
+        extent += stride * (size - 1)
+    return False
+
+
+def dsd_conv1d_step(x: Tensor, state: Tensor, dw_weight: Tensor,
+                    dw_bias: Optional[Tensor] = None, pw_weight: Optional[Tensor] = None,
+                    pw_bias: Optional[Tensor] = None, dilation: int = 1, *,
+                    mid_scale: Optional[Tensor] = None, mid_shift: Optional[Tensor] = None,
+                    mid_act: Optional[str] = None, out_scale: Optional[Tensor] = None,
+                    out_shift: Optional[Tensor] = None, out_act: Optional[str] = None,
+                    deterministic: Optional[bool] = None) -> Tensor:
+    """One frame of the causal :func:`dsd_conv1d` for a batch of N streams (decoding).
+
+    x: this frame, (N, C) or (N, C, 1). state: (N, C, dilation*(K-1)), the last input frames
+    of each stream, oldest first (the ``final_state`` of a chunked call, or zeros at the
+    start), same dtype and device as x; it moves one frame IN PLACE (x is appended, the
+    oldest frame dropped). Returns y: (N, M), or (N, M, 1) for a (N, C, 1) x, equal to the
+    causal layer's output at this frame. One kernel launch on the GPU: the tap sum from the
+    state, the epilogues of :func:`dsd_conv2d` (no ``mid_norm``) and the pointwise GEMV.
+
+    Inference only: nothing is recorded for autograd, so y carries no gradient to the weights
+    either (train with the chunked forward and ``initial_state``); an x or state that
+    requires grad is refused while grad mode is on. deterministic: the channel blocks' partial sums are added in a fixed
+    order instead of atomically (bitwise reproducible, a little slower).
+    """
+    where = "triton_dsd.dsd_conv1d_step"
+    if pw_weight is None:
+        raise TypeError(f"{where}: `pw_weight` is required (the 1x1 weight (M, C*m, 1))")
+    if not isinstance(x, Tensor) or x.dim() not in (2, 3) or (x.dim() == 3 and x.shape[2] != 1):
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{where}: `x` must be one frame of N streams, (N, C) or (N, C, 1); "
+                         f"got {got}")
+    framed = x.dim() == 3
+    x, dw_weight, dw_bias, pw_weight, pw_bias = ops.autocast_args(
+        x, dw_weight, dw_bias, pw_weight, pw_bias)
+    x3 = x if framed else x.unsqueeze(-1)
+    C, m = _checks.check_depthwise(where, x3, dw_weight, dw_bias, 1, "dw_weight", "dw_bias")
+    M = _checks.check_pointwise(where, C * m, pw_weight, pw_bias, 1, "x", x3, "pw_weight",
+                                "pw_bias")
+    d = shapes.positive_tuple(where, "dilation", dilation, 1)[0]
+    N, K = x.shape[0], dw_weight.shape[-1]
+    width = shapes.causal_pad(K, d)
+    _checks.check_tensor(where, "state", state, 3,
+                         f"(N, C, dilation*(K-1)) = ({N}, {C}, {width})")
+    if state.dtype != x.dtype and torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{where}: `state` has dtype {state.dtype} but `x` is {x.dtype} under "
+                        f"autocast (autocast casts the frame, never the state, which is updated "
+                        f"in place): keep the state in {x.dtype}")
+    _checks.check_same(where, "x", x, "state", state)
+    if tuple(state.shape) != (N, C, width):
+        raise ValueError(f"{where}: `state` must have shape (N, C, dilation*(K-1)) = ({N}, {C}, "
+                         f"{width}): the last {width} input frames of each stream; got "
+                         f"{tuple(state.shape)}")
+    if _overlaps(state):
+        raise ValueError(f"{where}: `state` is updated in place and must not be an expanded "
+                         f"or overlapping view (its elements share memory); pass "
+                         f"state.clone()")
+    if torch.is_grad_enabled() and (x.requires_grad or state.requires_grad):
+        raise RuntimeError(f"{where}: the decode step records no autograd graph, and "
+                           f"`{'x' if x.requires_grad else 'state'}` requires grad: run it "
+                           f"under torch.no_grad() / torch.inference_mode(), or train with the "
+                           f"chunked forward (`initial_state` / `return_final_state`)")
+    epi = _epilogue(where, x3, C * m, M, mid_scale, mid_shift, mid_act, out_scale, out_shift,
+                    out_act)
+    xs = x3.squeeze(-1)
+    y = ops.step(xs, state, _as_2d(dw_weight, 1), dw_bias, _as_2d(pw_weight, 1), pw_bias, d,
+                 _deterministic(deterministic), epi)
+    return y.unsqueeze(-1) if framed else y

@@ -560,3 +560,108 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
         return y
 
     return dispatch.run(fam.name, fields, x, run, cfg)
+
+
+# --------------------------------------------------------------------------- decode step
+#: the step's partial sums and counters, per (device, stream, accumulator dtype, atomic): the
+#: counters, and the atomic sums, are zero between launches (the kernel zeroes what it used);
+#: grown on demand. One per stream: steps queued on one stream run in order, so layers share it.
+_STEP_SPACE: dict = {}
+#: elements of the state tile [BLOCK_ROWS, BLOCK_S] (rows x frames) one shift iteration moves
+STEP_SHIFT_ELEMS = 2048
+#: frames a shift tile holds at most (longer states move in several tiles per row)
+STEP_SHIFT_FRAMES = 512
+
+
+def _step_space(device: torch.device, acc: torch.dtype, atomic: bool, n_part: int,
+                n_count: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # under CUDA graph capture a zero-fill runs only when that graph replays, and graphs
+        # captured on one stream would share a cached workspace: each capture gets its own
+        return (torch.zeros(max(n_part, 1), dtype=acc, device=device),
+                torch.zeros(max(n_count, 1), dtype=torch.int32, device=device))
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream, acc, atomic)
+    part, count = _STEP_SPACE.get(key, (None, None))
+    if part is None or part.numel() < n_part:
+        part = torch.zeros(max(n_part, 1), dtype=acc, device=device)
+    if count is None or count.numel() < n_count:
+        count = torch.zeros(max(n_count, 1), dtype=torch.int32, device=device)
+    _STEP_SPACE[key] = (part, count)
+    return part, count
+
+
+def step_config(N: int, C: int, M: int, sms: int) -> dict:
+    """The step's tiles. Streams BLOCK_N (16..64: the tensor-core product's rows). Channel
+    blocks BLOCK_C of about 2*N channels (16..128): each channel block adds N*M fp32 partial
+    sums into y (L2 traffic), so with 2*N channels a block those sums weigh about what the
+    block's pointwise weights do (C*M 16-bit elements: the bytes that bound a decode step);
+    then the M blocks split over programs until about one program per SM reads its share.
+    A [BLOCK_N, BLOCK_C] tile stays at 4096 elements (64 x 128 spills on sm_80/sm_90)."""
+    block_n = min(64, max(16, _pow2(N)))
+    block_m = min(64, max(16, _pow2(M)))
+    n_nb, n_mb = triton.cdiv(N, block_n), triton.cdiv(M, block_m)
+    block_c = min(128, max(16, _pow2(2 * N)), max(16, _pow2(C)), 4096 // block_n)
+    n_cb = triton.cdiv(C, block_c)
+    splits = max(1, min(n_mb, triton.cdiv(sms, n_cb * n_nb)))
+    per = triton.cdiv(n_mb, splits)
+    return dict(BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_M=block_m,
+                M_SPLITS=triton.cdiv(n_mb, per), mb_per_split=per,
+                num_warps=4 if block_n * max(block_c, block_m) <= 2048 else 8)
+
+
+def dsd_step(x: torch.Tensor, state: torch.Tensor, dw_weight: torch.Tensor,
+             dw_bias: Optional[torch.Tensor], pw_weight: torch.Tensor,
+             pw_bias: Optional[torch.Tensor], dilation: int, deterministic: bool,
+             epilogue: Optional[Epilogue] = None, cfg: Optional[dict] = None) -> torch.Tensor:
+    """One decode frame of the causal separable layer: y_t (N, M) from x_t (N, C) and the conv
+    state (N, C, dilation*(K-1)) (the last input frames, oldest first), in ONE launch; the
+    state moves one frame in place. Weights (C*m, 1, 1, K) and (M, C*m, 1, 1) as the other
+    launchers take them; ``epilogue`` without a norm (every channel of a stream would have to
+    meet in one program)."""
+    N, C = x.shape
+    CM, _, _, K = dw_weight.shape
+    M = pw_weight.shape[0]
+    epi = epilogue if epilogue is not None else Epilogue()
+    if int(epi.mid_norm):
+        raise NotImplementedError("dsd_step: a layer norm between the stages is not supported "
+                                  "by the decode step (its channel blocks meet only in y)")
+    y = _runtime.new_output((N, M, 1, 1), x, False).view(N, M)
+    if y.numel() == 0:
+        return y
+    c = dict(cfg) if cfg is not None else step_config(N, C, M, _runtime.num_sms(x.device))
+    S = dilation * (K - 1)
+    n_nb, n_cb = triton.cdiv(N, c["BLOCK_N"]), triton.cdiv(C, c["BLOCK_C"])
+    n_mb = triton.cdiv(M, c["BLOCK_M"])
+    if c["M_SPLITS"] * c["mb_per_split"] < n_mb or n_nb > 65535 or c["M_SPLITS"] > 65535:
+        raise ValueError(f"dsd_step: the config {c} does not cover the {n_mb} M blocks, or "
+                         f"its grid passes 65535 programs along a dimension (N = {N})")
+    split_c = n_cb > 1
+    atomic = split_c and not deterministic
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n_part = (N * M if atomic else n_cb * N * M) if split_c else 0
+    part, count = _step_space(x.device, acc, atomic, n_part, n_nb * (n_cb + n_mb))
+    block_s = min(_pow2(max(S - 1, 1)), STEP_SHIFT_FRAMES)
+    block_rows = min(max(1, STEP_SHIFT_ELEMS // block_s), c["BLOCK_N"] * c["BLOCK_C"])
+    zero = lambda v: v if v is None else v.reshape(-1).contiguous()  # noqa: E731
+    dw_bias, pw_bias = _contiguous(dw_bias), _contiguous(pw_bias)
+    mid_s, mid_t, out_s, out_t = (zero(epi.mid_scale), zero(epi.mid_shift),
+                                  zero(epi.out_scale), zero(epi.out_shift))
+    if (mid_s is None) != (mid_t is None) or (out_s is None) != (out_t is None):
+        raise ValueError("dsd_step: epilogue scales and shifts come in pairs")
+    _runtime.launch(
+        registry.STEP_KERNEL, (n_cb, c["M_SPLITS"], n_nb),
+        x, state, dw_weight, dw_bias, mid_s, mid_t, pw_weight, pw_bias, out_s, out_t, y,
+        part, count, N, C, M, n_cb, n_mb, c["mb_per_split"],
+        x.stride(0), x.stride(1), state.stride(0), state.stride(1), state.stride(2),
+        dw_weight.stride(0), dw_weight.stride(3), pw_weight.stride(0), pw_weight.stride(1),
+        y.stride(0), y.stride(1),
+        K=K, DIL=dilation, MULT=CM // C, HAS_DW_BIAS=dw_bias is not None,
+        HAS_MID_AFFINE=mid_s is not None, MID_ACT=int(epi.mid_act),
+        HAS_PW_BIAS=pw_bias is not None, HAS_OUT_AFFINE=out_s is not None,
+        OUT_ACT=int(epi.out_act), SPLIT_C=split_c, ATOMIC=atomic, M_SPLITS=c["M_SPLITS"],
+        ALLOW_TF32=allow_tf32(x.dtype), IDX64=needs_int64(x, state, dw_weight, pw_weight),
+        ACC=acc_dtype(x.dtype), BLOCK_N=c["BLOCK_N"], BLOCK_C=c["BLOCK_C"],
+        BLOCK_M=c["BLOCK_M"], BLOCK_ROWS=block_rows, BLOCK_S=block_s,
+        num_warps=c["num_warps"])
+    return y

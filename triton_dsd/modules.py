@@ -307,6 +307,53 @@ class _Separable(nn.Module):
             return self.pointwise(out[0]), out[1]
         return self.pointwise(out)
 
+    def _decoder(self, what: str):
+        """The depthwise child of a causal 1D layer that can decode frame by frame."""
+        name = type(self).__name__
+        dw, pw = self.depthwise, self.pointwise
+        if self._n_spatial != 1 or getattr(dw, "padding", None) != "causal" \
+                or tuple(getattr(dw, "stride", (1,))) != (1,):
+            raise ValueError(f"{name}: `{what}` decodes a causal 1D layer (padding='causal', "
+                             f"stride 1) frame by frame; this one has padding="
+                             f"{getattr(dw, 'padding', None)!r}, stride="
+                             f"{getattr(dw, 'stride', None)!r}")
+        dw_cls, pw_cls = self._classes()
+        if dw.padding_mode != "zeros" or not plain_module(dw, dw_cls) \
+                or not plain_module(pw, pw_cls):
+            raise NotImplementedError(f"{name}: `{what}` needs plain depthwise and pointwise "
+                                      f"children (no hooks, wrappers, or padding_mode other "
+                                      f"than 'zeros')")
+        return dw
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> Tensor:
+        """A zero conv state for :meth:`step` (and ``initial_state``): (batch_size, C,
+        dilation*(K-1)), on the weights' device and dtype unless given (under autocast, the
+        autocast dtype: the frames' dtype there)."""
+        dw = self._decoder("init_state")
+        if not shapes.is_int(batch_size) or batch_size < 0:
+            raise ValueError(f"{type(self).__name__}: `batch_size` must be a non-negative int; "
+                             f"got {batch_size!r}")
+        w = dw.weight
+        dev = torch.device(device) if device is not None else w.device
+        if dtype is None:
+            dtype = w.dtype
+            if dev.type in ("cuda", "cpu") and torch.is_autocast_enabled(dev.type) \
+                    and dtype.is_floating_point and dtype != torch.float64:
+                dtype = torch.get_autocast_dtype(dev.type)  # the dtype step's frames get
+        return torch.zeros(batch_size, self.in_channels,
+                           shapes.causal_pad(dw.kernel_size[0], dw.dilation[0]), device=dev,
+                           dtype=dtype)
+
+    def step(self, x: Tensor, state: Tensor) -> Tensor:
+        """Decode one frame of N streams: x (N, C) or (N, C, 1) -> y (N, M) or (N, M, 1),
+        the causal layer's output at that frame; ``state`` (N, C, dilation*(K-1)) (from
+        :meth:`init_state`, or the ``final_state`` of a chunked forward) moves one frame in
+        place. One kernel launch on the GPU (``functional.dsd_conv1d_step``); inference only.
+        """
+        dw, pw = self._decoder("step"), self.pointwise
+        return Fd.dsd_conv1d_step(x, state, dw.weight, dw.bias, pw.weight, pw.bias,
+                                  dw.dilation)
+
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}"
         dw = self.depthwise

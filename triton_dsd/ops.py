@@ -419,3 +419,52 @@ def dsd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], pw_weight: Tens
                         epi.mid_eps)
     y = pointwise(z, pw_weight, pw_bias, deterministic)
     return _eager_epilogue(y, epi.out_scale, epi.out_shift, epi.out_act)
+
+
+# --------------------------------------------------------------------------- decode step
+@torch.library.custom_op("triton_dsd::dsd_step", mutates_args=("state",))
+def dsd_step(x: Tensor, state: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
+             pw_weight: Tensor, pw_bias: Optional[Tensor], dilation: int, deterministic: bool,
+             mid_scale: Optional[Tensor] = None, mid_shift: Optional[Tensor] = None,
+             mid_act: int = 0, out_scale: Optional[Tensor] = None,
+             out_shift: Optional[Tensor] = None, out_act: int = 0) -> Tensor:
+    """One decode frame of the causal separable layer in ONE launch: y_t (N, M) from x_t
+    (N, C) and the conv state (N, C, dilation*(K-1)), which moves one frame in place.
+    Inference only (no autograd); weights as 4D (1D as (.., 1, K) views)."""
+    _require_triton(x)
+    epi = Epilogue(mid_scale, mid_shift, mid_act, out_scale, out_shift, out_act)
+    return launchers.dsd_step(x, state, dw_weight, dw_bias, pw_weight, pw_bias, dilation,
+                              deterministic, None if epi.is_identity else epi)
+
+
+@dsd_step.register_fake
+def _(x, state, dw_weight, dw_bias, pw_weight, pw_bias, dilation, deterministic,
+      mid_scale=None, mid_shift=None, mid_act=0, out_scale=None, out_shift=None, out_act=0):
+    return x.new_empty((x.shape[0], pw_weight.shape[0]))
+
+
+def eager_step(x: Tensor, state: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
+                pw_weight: Tensor, pw_bias: Optional[Tensor], dilation: int,
+                epi: Epilogue) -> Tensor:
+    """The step in eager PyTorch (CPU without the interpreter; the benchmarks' eager decode):
+    the same rounding points."""
+    frames = torch.cat([state, x.unsqueeze(-1)], dim=-1)
+    u = F.conv1d(frames, dw_weight.flatten(2), dw_bias, dilation=dilation,
+                 groups=x.shape[1])[..., -1]
+    u = _eager_epilogue(u, epi.mid_scale, epi.mid_shift, epi.mid_act)
+    y = F.linear(u, pw_weight.flatten(1), pw_bias)
+    state.copy_(frames[..., 1:])
+    return _eager_epilogue(y, epi.out_scale, epi.out_shift, epi.out_act)
+
+
+def step(x: Tensor, state: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],
+         pw_weight: Tensor, pw_bias: Optional[Tensor], dilation: int, deterministic: bool,
+         epi: Optional[Epilogue] = None) -> Tensor:
+    """The decode step by the device policy (Triton, or eager on CPU), without autograd."""
+    epi = epi or Epilogue()
+    with torch.no_grad():
+        if use_triton(x):
+            return dsd_step(x, state, dw_weight, dw_bias, pw_weight, pw_bias, int(dilation),
+                            deterministic, *epi[:6])
+        return eager_step(x, state, dw_weight, dw_bias, pw_weight, pw_bias, int(dilation),
+                           epi)

@@ -1,7 +1,8 @@
 """Figures from the benchmark CSV (and the cost model), written atomically as PNG.
 
-For each (GPU, op, mode, dtype, layout) and each swept axis (K, dilation, C): throughput (GB/s
-for the depthwise op, TFLOP/s for the pointwise op and the whole layer) with one line per
+For each (GPU, op, mode, dtype, layout) and each swept axis (K, dilation, C; for decode steps N
+and C): throughput (GB/s for the depthwise op and decode steps, TFLOP/s for the pointwise op
+and the whole layer) with one line per
 provider, the eager baseline always drawn, the roofline as a dashed line, and a speedup panel
 (eager time / provider time: above 1 is faster than eager). Titles name the GPU, dtype, layout.
 """
@@ -19,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from triton_dsd import _io, bench, cost  # noqa: E402
 
 AXES = ("K", "dilation", "C")
+#: a decode step is weight-bandwidth bound: its figures are GB/s against the streams N and C
+STEP_AXES = ("N", "C")
 STYLE = {
     "triton_fused": dict(color="#d62728", marker="o", lw=2.2),
     "triton_unfused": dict(color="#ff7f0e", marker="s", lw=1.8),
@@ -48,10 +51,12 @@ def _roofline(row: dict, op: str, mode: str) -> Optional[float]:
         dev = cost.device_for(row["gpu_name"])
     except KeyError:
         return None
-    lc = bench.problem_of(row).cost()
+    lc = bench.problem_of(row).cost_of(mode)
     floor_s = cost.roofline_ms(lc, op, mode, dev) / 1e3
     b, fv, fm = cost.op_work(lc, op, mode)
-    return b / floor_s / 1e9 if op == "depthwise" else (fv + fm) / floor_s / 1e12
+    if op == "depthwise" or mode == "step":
+        return b / floor_s / 1e9
+    return (fv + fm) / floor_s / 1e12
 
 
 def figures(rows: Sequence[dict], out_dir: str, label: str = "") -> List[str]:
@@ -61,8 +66,9 @@ def figures(rows: Sequence[dict], out_dir: str, label: str = "") -> List[str]:
         groups[(r["gpu_name"], r["op"], r["mode"], r["dtype"], r["layout"], str(r["dim"]))].append(r)
     written = []
     for (gpu, op, mode, dtype, layout, dim), rs in groups.items():
-        metric, unit = ("gb_s", "GB/s") if op == "depthwise" else ("tflop_s", "TFLOP/s")
-        for axis in AXES:
+        metric, unit = (("gb_s", "GB/s") if op == "depthwise" or mode == "step"
+                        else ("tflop_s", "TFLOP/s"))
+        for axis in (STEP_AXES if mode == "step" else AXES):
             others = [a for a in bench.SIZE_COLUMNS if a != axis]
             # hold the other sizes at their most common values
             fixed = {a: Counter(r[a] for r in rs).most_common(1)[0][0] for a in others}
@@ -96,7 +102,8 @@ def figures(rows: Sequence[dict], out_dir: str, label: str = "") -> List[str]:
             ax.legend(fontsize=8, ncol=2)
             ax2.axhline(1.0, color="#1f77b4", lw=1)
             ax2.set_ylabel("speedup vs eager")
-            ax2.set_xlabel({"K": "kernel size K", "dilation": "dilation d", "C": "channels C"}[axis])
+            ax2.set_xlabel({"K": "kernel size K", "dilation": "dilation d", "C": "channels C",
+                            "N": "streams N (one frame each)"}[axis])
             ax2.grid(alpha=0.3)
             if axis == "C":
                 ax2.set_xscale("log", base=2)

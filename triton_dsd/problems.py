@@ -74,6 +74,15 @@ class Problem:
                                self.dilations, self.strides, depth_multiplier=self.m, bias=bias,
                                dtype_bytes=self.dtype.itemsize, pads=self.pads)
 
+    def step_cost(self, bias: bool = True) -> cost.LayerCost:
+        """One decode frame of this layer (causal, 1D) for N streams (``cost.step_cost``)."""
+        return cost.step_cost(self.N, self.C, self.M, self.K, self.dilation, self.m, bias,
+                              self.dtype.itemsize)
+
+    def cost_of(self, mode: str) -> cost.LayerCost:
+        """The cost a benchmark mode measures: a decode frame for 'step', else the layer."""
+        return self.step_cost() if mode == "step" else self.cost()
+
     def tensors(self, gen: torch.Generator = None) -> Dict[str, torch.Tensor]:
         """Random (never zero) tensors of the problem, in its layout, as 4D (1D: (N, C, 1, L))."""
         g = gen or torch.Generator().manual_seed(0)

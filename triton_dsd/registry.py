@@ -11,7 +11,7 @@ import dataclasses
 from typing import Callable, Dict, List, Optional, Tuple
 
 from triton_dsd import configs, keys
-from triton_dsd.kernels import depthwise, depthwise_wgrad, fused, pointwise, reduce
+from triton_dsd.kernels import depthwise, depthwise_wgrad, fused, pointwise, reduce, step
 
 Fields = Dict[str, object]
 
@@ -64,9 +64,11 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
 
 #: the split-reduction finish: not tuned (its tile is fixed by the launcher)
 FINISH_KERNEL = reduce.splitk_reduce_kernel
+#: the decode step (one frame of the causal layer): not tuned (``launchers.step_config``)
+STEP_KERNEL = step.dsd_step_kernel
 
 #: every @triton.jit kernel the package launches
-KERNELS = tuple(f.kernel for f in FAMILIES.values()) + (FINISH_KERNEL,)
+KERNELS = tuple(f.kernel for f in FAMILIES.values()) + (FINISH_KERNEL, STEP_KERNEL)
 KERNEL_NAMES = tuple(k.fn.__name__ for k in KERNELS)
 
 _BY_KERNEL = {f.kernel_name: f for f in FAMILIES.values()}
