@@ -8,6 +8,10 @@ import triton.language as tl
 #: depthwise kernels with at most this many taps unroll every tap; larger ones loop over kernel
 #: rows and unroll along the row (unrolled, a 5x5 window's weights and columns spill on sm_90)
 MAX_UNROLL = tl.constexpr(16)
+#: depthwise kernel rows wider than this many taps (1D K33 and up) loop over their tap groups
+#: instead of unrolling the row: an unrolled row that wide holds too many loads in flight
+#: (spills at 255 registers on sm_80/sm_90) and takes ptxas minutes past K63
+ROW_LOOP_TAPS = tl.constexpr(32)
 
 
 @triton.jit

@@ -23,13 +23,16 @@ TAP_GROUP taps at a time (the registers they take bound the group).
 Loads are upcast to the accumulator dtype ACC (fp32, or fp64 for fp64 tensors), accumulated in
 ACC and cast on store. Out-of-range taps (the zero padding; an asymmetric bottom/right pad is
 implied by the bounds) are masked loads of zero. Kernels with more than MAX_UNROLL taps loop
-over kernel rows, skipping rows that lie wholly in the padding of every row of the program.
+over kernel rows, skipping rows that lie wholly in the padding of every row of the program;
+rows of more than ROW_LOOP_TAPS taps (1D K33 and up) loop over their tap groups too, in tap
+order (the same sums as unrolled); scalar columns (NCHW / NCL) slide their window along that
+loop, loading only the columns a group does not share with the previous one.
 When IDX64 is set every element offset is computed in int64; the batch offset always is.
 """
 import triton
 import triton.language as tl
 
-from triton_dsd.kernels._common import MAX_UNROLL
+from triton_dsd.kernels._common import MAX_UNROLL, ROW_LOOP_TAPS
 
 #: taps whose weights are held in registers at once (per kernel row; half past 2*TAP_GROUP taps)
 TAP_GROUP = tl.constexpr(8)
@@ -71,17 +74,23 @@ def _hits(o, g0, GROUP: tl.constexpr, KW: tl.constexpr, BLOCK_W: tl.constexpr,
 
 
 @triton.jit
-def _column(acc, wts, src_cols, row_ok, mask_c, col0, W_SRC, stride_sw, o, g0,
-            GROUP: tl.constexpr, KW: tl.constexpr, BLOCK_W: tl.constexpr,
-            STRIDE_W: tl.constexpr, DIL_W: tl.constexpr, TRANSPOSED: tl.constexpr,
-            PHASE_W: tl.constexpr, EVEN_C: tl.constexpr, ACC: tl.constexpr):
-    """Load source column col0 + o once (masked to 0 <= col < W_SRC with one unsigned compare)
-    and add it, times the tap's weight, into every output j of the segment that reads it."""
+def _load_column(src_cols, row_ok, mask_c, col0, W_SRC, stride_sw, o, EVEN_C: tl.constexpr,
+                 ACC: tl.constexpr):
+    """Source column col0 + o of every row, in ACC: masked to 0 <= col < W_SRC with one
+    unsigned compare."""
     UINT: tl.constexpr = tl.uint64 if col0.dtype == tl.int64 else tl.uint32
     mask = (row_ok & ((col0 + o).to(UINT) < W_SRC.to(UINT)))[:, None]
     if not EVEN_C:
         mask = mask & mask_c[None, :]
-    xv = tl.load(src_cols + o * stride_sw, mask=mask, other=0.0).to(ACC)
+    return tl.load(src_cols + o * stride_sw, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _use_column(acc, wts, xv, o, g0, GROUP: tl.constexpr, KW: tl.constexpr,
+                BLOCK_W: tl.constexpr, STRIDE_W: tl.constexpr, DIL_W: tl.constexpr,
+                TRANSPOSED: tl.constexpr, PHASE_W: tl.constexpr):
+    """Add source column o (xv), times the tap's weight, into every output j of the segment
+    that reads it."""
     new = ()
     for jj in tl.static_range(BLOCK_W):
         a = acc[jj]
@@ -94,6 +103,59 @@ def _column(acc, wts, src_cols, row_ok, mask_c, col0, W_SRC, stride_sw, o, g0,
                     a = a + xv * wts[kw - g0][None, :]
         new = new + (a,)
     return new
+
+
+@triton.jit
+def _column(acc, wts, src_cols, row_ok, mask_c, col0, W_SRC, stride_sw, o, g0,
+            GROUP: tl.constexpr, KW: tl.constexpr, BLOCK_W: tl.constexpr,
+            STRIDE_W: tl.constexpr, DIL_W: tl.constexpr, TRANSPOSED: tl.constexpr,
+            PHASE_W: tl.constexpr, EVEN_C: tl.constexpr, ACC: tl.constexpr):
+    """Load source column col0 + o once (``_load_column``) and add it, times the tap's
+    weight, into every output j of the segment that reads it."""
+    xv = _load_column(src_cols, row_ok, mask_c, col0, W_SRC, stride_sw, o, EVEN_C, ACC)
+    return _use_column(acc, wts, xv, o, g0, GROUP, KW, BLOCK_W, STRIDE_W, DIL_W, TRANSPOSED,
+                       PHASE_W)
+
+
+@triton.jit
+def _group_weights(w_g, mask_c, stride_wt, GROUP: tl.constexpr, EVEN_C: tl.constexpr,
+                   ACC: tl.constexpr):
+    """The weights of GROUP consecutive taps from w_g (tap kw at w_g + kw*stride_wt), in ACC:
+    one [BLOCK_C] vector a tap."""
+    wts = ()
+    for kw in tl.static_range(GROUP):
+        if EVEN_C:
+            wts = wts + (tl.load(w_g + kw * stride_wt).to(ACC),)
+        else:
+            wts = wts + (tl.load(w_g + kw * stride_wt, mask=mask_c, other=0.0).to(ACC),)
+    return wts
+
+
+@triton.jit
+def _group_columns(acc, wts, g_cols, row_ok, mask_c, g_col0, col_lo, col_hi, shift, W_SRC,
+                   stride_sw, GROUP: tl.constexpr, BLOCK_W: tl.constexpr,
+                   STRIDE_W: tl.constexpr, DIL_W: tl.constexpr, TRANSPOSED: tl.constexpr,
+                   PHASE_W: tl.constexpr, CLIP_W: tl.constexpr, EVEN_C: tl.constexpr,
+                   ACC: tl.constexpr):
+    """One tap group of a looped row (``_window_row``), weights wts: its GROUP taps as taps
+    0.. of a row whose source columns start at g_col0 (pointers g_cols; col0 shifted by
+    `shift`), each column loaded once (CLIP_W: skipped where it lies in the padding for every
+    row of the program, whose col0 span [col_lo, col_hi])."""
+    for o in tl.static_range(
+            TRANSPOSED * ((PHASE_W - (GROUP - 1) * DIL_W) // STRIDE_W),
+            TRANSPOSED * ((BLOCK_W - 1 + PHASE_W) // STRIDE_W)
+            + (1 - TRANSPOSED) * ((BLOCK_W - 1) * STRIDE_W + (GROUP - 1) * DIL_W) + 1):
+        if _hits(o, 0, GROUP, GROUP, BLOCK_W, STRIDE_W, DIL_W, TRANSPOSED, PHASE_W) > 0:
+            if CLIP_W:
+                if (col_hi + shift + o >= 0) & (col_lo + shift + o < W_SRC):
+                    acc = _column(acc, wts, g_cols, row_ok, mask_c, g_col0, W_SRC, stride_sw,
+                                  o, 0, GROUP, GROUP, BLOCK_W, STRIDE_W, DIL_W, TRANSPOSED,
+                                  PHASE_W, EVEN_C, ACC)
+            else:
+                acc = _column(acc, wts, g_cols, row_ok, mask_c, g_col0, W_SRC, stride_sw, o, 0,
+                              GROUP, GROUP, BLOCK_W, STRIDE_W, DIL_W, TRANSPOSED, PHASE_W,
+                              EVEN_C, ACC)
+    return acc
 
 
 @triton.jit
@@ -110,12 +172,91 @@ def _window_row(acc, src_rows, row_ok, w_ptr, wc, mask_c, kh, col0, col_lo, col_
     (j + PHASE_W - kw*DIL_W) / STRIDE_W for the taps where that divides evenly.
     CLIP_W: skip (one uniform branch) a column that lies in the padding for every row of the
     program, whose first columns col0 span [col_lo, col_hi].
+    Rows of more than ROW_LOOP_TAPS taps loop over their whole tap groups, in tap order (the
+    rest of the row unrolls after them): GROUP = TAP_GROUP // 2 taps of vector columns
+    (channels_last, wc a channel vector), TAP_GROUP of scalar columns (wc one channel: NCHW /
+    NCL), whose window slides along the loop at stride 1 (each group loads only the columns
+    it does not share with the previous one). The input gradient loops only where a group
+    moves its columns by a whole number of dy columns ((GROUP*DIL_W) % STRIDE_W == 0).
     """
-    # half the group for very wide rows: their windows already hold many columns
-    GROUP: tl.constexpr = TAP_GROUP // (1 + (KW > 2 * TAP_GROUP))
+    # half the group for very wide rows: their windows already hold many columns. A looped
+    # row's group (below) holds one group's columns: TAP_GROUP taps of scalar columns (wc one
+    # channel: NCHW / NCL), half as many of channel vectors
+    SCALAR: tl.constexpr = wc.shape[0] == 1
+    GROUP: tl.constexpr = (TAP_GROUP // (1 + (KW > 2 * TAP_GROUP)) if KW <= ROW_LOOP_TAPS
+                           else TAP_GROUP // (2 - SCALAR))
     # the rows' pointers at source column col0: each column is a constant offset from them
     src_cols = src_rows + col0[:, None] * stride_sw
-    for g0 in tl.static_range(0, KW, GROUP):
+    # rows of more than ROW_LOOP_TAPS taps walk their whole tap groups in a loop (below); the
+    # rest, and every other row, unroll
+    LOOP_GROUPS: tl.constexpr = (KW // GROUP) * (KW > ROW_LOOP_TAPS and (
+        TRANSPOSED == 0 or (GROUP * DIL_W) % STRIDE_W == 0))
+    if LOOP_GROUPS > 0:
+        # group g (taps g*GROUP .. + GROUP - 1) is group 0 of a row whose source columns are
+        # shifted by g*STEP (forward; the input gradient's move left, by -g*STEP): which of
+        # its columns each tap reads is known when compiling
+        STEP: tl.constexpr = (GROUP * DIL_W) // STRIDE_W if TRANSPOSED else GROUP * DIL_W
+        # the first and last source column a group reads, relative to its shift
+        O_FIRST: tl.constexpr = TRANSPOSED * ((PHASE_W - (GROUP - 1) * DIL_W) // STRIDE_W)
+        O_LAST: tl.constexpr = (TRANSPOSED * ((BLOCK_W - 1 + PHASE_W) // STRIDE_W)
+                                + (1 - TRANSPOSED) * ((BLOCK_W - 1) * STRIDE_W
+                                                      + (GROUP - 1) * DIL_W))
+        # scalar columns at stride 1 with a segment wider than the dilation: every column
+        # between a group's first and last is read, and a group's columns are the previous
+        # one's moved by STEP (KEEP of them read by both): a sliding window. (Channel vectors
+        # take 4-8 registers a kept column: their windows do not slide.)
+        SLIDE: tl.constexpr = SCALAR and STRIDE_W == 1 and BLOCK_W > DIL_W
+        KEEP: tl.constexpr = O_LAST - O_FIRST + 1 - STEP
+        w_row = w_ptr + kh * KW * stride_wt + wc * stride_wc
+        # the loop walks a group's column pointers, weight pointers and column shift
+        # (loop-carried: nothing per column is hoisted out of the loop and held across it)
+        if TRANSPOSED:
+            col_step = -STEP
+        else:
+            col_step = STEP
+        cols = src_cols
+        shift = tl.full([], 0, col0.dtype)
+        w_g = w_row
+        if SLIDE:
+            # the columns a group shares with the next stay in registers (KEEP of them), each
+            # iteration loads only its STEP new ones
+            keep = ()
+            for i in tl.static_range(KEEP):
+                keep = keep + (_load_column(cols, row_ok, mask_c, col0, W_SRC, stride_sw,
+                                            O_FIRST + TRANSPOSED * STEP + i, EVEN_C, ACC),)
+            for _g in tl.range(0, LOOP_GROUPS, loop_unroll_factor=1):
+                wts = _group_weights(w_g, mask_c, stride_wt, GROUP, EVEN_C, ACC)
+                # the group's columns O_FIRST.. in order: the kept ones and the new ones
+                # (forward: after the kept; the input gradient's: before them)
+                fresh = ()
+                for i in tl.static_range(STEP):
+                    fresh = fresh + (_load_column(cols, row_ok, mask_c, col0 + shift, W_SRC,
+                                                  stride_sw, O_FIRST + (1 - TRANSPOSED) * KEEP + i,
+                                                  EVEN_C, ACC),)
+                if TRANSPOSED:
+                    win = fresh + keep
+                else:
+                    win = keep + fresh
+                for i in tl.static_range(KEEP + STEP):
+                    acc = _use_column(acc, wts, win[i], O_FIRST + i, 0, GROUP, GROUP, BLOCK_W,
+                                      STRIDE_W, DIL_W, TRANSPOSED, PHASE_W)
+                keep = ()
+                for i in tl.static_range(KEEP):
+                    keep = keep + (win[(1 - TRANSPOSED) * STEP + i],)
+                cols += col_step * stride_sw
+                shift += col_step
+                w_g += GROUP * stride_wt
+        else:  # each group loads each of its columns once
+            for _g in tl.range(0, LOOP_GROUPS, loop_unroll_factor=1):
+                wts = _group_weights(w_g, mask_c, stride_wt, GROUP, EVEN_C, ACC)
+                acc = _group_columns(acc, wts, cols, row_ok, mask_c, col0 + shift, col_lo,
+                                     col_hi, shift, W_SRC, stride_sw, GROUP, BLOCK_W, STRIDE_W,
+                                     DIL_W, TRANSPOSED, PHASE_W, CLIP_W, EVEN_C, ACC)
+                cols += col_step * stride_sw
+                shift += col_step
+                w_g += GROUP * stride_wt
+    # the remaining taps (all of them below ROW_LOOP_TAPS), unrolled
+    for g0 in tl.static_range(LOOP_GROUPS * GROUP, KW, GROUP):
         # taps g0 .. g0 + GROUP - 1 (those < KW): their weights, one [BLOCK_C] vector a tap
         wts = ()
         for kw in tl.static_range(g0, g0 + GROUP):

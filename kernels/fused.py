@@ -219,7 +219,7 @@ def dsd_fwd_kernel(
                 z = _dw_tile(x_base, wd_ptr, bd_ptr, kk, mask_k, oh, ow, mask_p, H, W, stride_xc,
                              stride_xh, stride_xw, stride_wdc, stride_wdh, stride_wdw, pad_h,
                              pad_w, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, MULT, HAS_DW_BIAS,
-                             ACC, IDX64, True, False, False, BLOCK_P, BLOCK_K)
+                             ACC, IDX64, UNROLL_KW, False, False, BLOCK_P, BLOCK_K)
                 # the mid epilogue is per channel: it applies to each chunk on its own
                 z = channel_epilogue(z, mid_scale_ptr, mid_shift_ptr, kk, mask_k, HAS_MID_AFFINE,
                                      MID_ACT, ACC, 1)

@@ -242,6 +242,15 @@ class QuartzNetSubBlock(nn.Module):
         return self.drop(self.act(self.bn(self.pw(self.dw(x)))))
 
 
+def quartznet_k87_sequential(c, m, k=87, dilation=2):
+    """QuartzNet's C4 block (NeMo JasperBlock, separable, K87 dilation 2) written as an
+    nn.Sequential: depthwise -> 1x1 -> BatchNorm1d -> ReLU -> Dropout."""
+    return nn.Sequential(nn.Conv1d(c, c, k, padding=dilation * (k // 2), dilation=dilation,
+                                   groups=c, bias=False),
+                         nn.Conv1d(c, m, 1, bias=False), nn.BatchNorm1d(m, eps=1e-3),
+                         nn.ReLU(), nn.Dropout(0.2))
+
+
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random running statistics and affine parameters for every batch norm, random affine
     parameters for every layer norm (fresh ones are the identity (batch norm in eval mode) or
@@ -273,4 +282,5 @@ BLOCKS = {
     "torchvision_cnblock": (lambda: CNBlock(6), 6, 1),
     "conformer_conv_module": (lambda: ConformerConvModule(4), 4, 1, 1),
     "quartznet_sub_block": (lambda: QuartzNetSubBlock(4, 6, dilation=2), 4, 1, 1),
+    "quartznet_k87_sequential": (lambda: quartznet_k87_sequential(4, 6), 4, 1, 1),
 }

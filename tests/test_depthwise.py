@@ -107,3 +107,79 @@ def test_empty_batch():
     y.sum().backward()
     assert x.grad.shape == x.shape and w.grad is not None
     assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+def _large_k(K, d, s, pad, layout, dtype, L, N=1, m=1, bias=True):
+    return dict(K=K, dilation=d, stride=s, padding=pad, layout=layout, dtype=dtype, L=L, N=N,
+                m=m, bias=bias)
+
+
+f32, f64, bf16, f16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
+#: speech models' large 1D kernels (QuartzNet / Citrinet: K 11..87, dilation 1..4): rows of
+#: more than ROW_LOOP_TAPS taps loop over their tap groups (NCL: a sliding window at stride
+#: 1). Every K, d, stride, padding kind, layout and dtype appears and meets the others; lengths
+#: 13 (every group of every program reads padding), 100 and 300 (programs whose windows lie
+#: inside the input, many trips); odd paddings at stride 2 give the input gradient a phase.
+LARGE_K_1D = [
+    # NCL: one channel a program, 32 outputs a thread (the costly tile under the interpreter)
+    _large_k(33, 1, 1, "same", "nchw", f64, 300),
+    _large_k(33, 4, 2, 70, "nchw", f32, 13),
+    _large_k(63, 4, 1, "causal", "nchw", f32, 300, N=2, bias=False),
+    _large_k(87, 1, 1, "causal", "nchw", bf16, 100),
+    _large_k(87, 2, 1, "same", "nchw", f64, 300, bias=False),
+    _large_k(87, 4, 2, 173, "nchw", f64, 13),
+    # NLC: channel vectors
+    _large_k(33, 2, 1, "causal", "cl", f32, 100, bias=False),
+    _large_k(33, 2, 2, 0, "cl", f64, 300, N=3),
+    _large_k(33, 1, 1, "same", "cl", bf16, 13, bias=False),
+    _large_k(63, 2, 1, "same", "cl", bf16, 300),
+    _large_k(63, 4, 1, "same", "cl", f64, 13),
+    _large_k(63, 1, 1, 5, "cl", f32, 100, m=2),
+    _large_k(63, 2, 2, 63, "cl", f32, 13),
+    _large_k(87, 4, 1, "same", "cl", f32, 300),
+    _large_k(87, 1, 2, 0, "cl", f32, 100, N=2),
+    _large_k(87, 2, 1, "causal", "cl", bf16, 13),
+    _large_k(87, 1, 1, "same", "cl", f16, 100, m=2),
+    _large_k(87, 2, 2, 31, "cl", f64, 300),
+]
+
+
+def _large_k_id(c):
+    return (f"K{c['K']}-d{c['dilation']}-s{c['stride']}-p{c['padding']}-{c['layout']}-"
+            f"{str(c['dtype'])[6:]}-L{c['L']}-N{c['N']}-m{c['m']}")
+
+
+@pytest.mark.parametrize("case", LARGE_K_1D, ids=_large_k_id)
+def test_large_kernel_1d_gpu_tiles(case, monkeypatch, launch_log):
+    """Forward, dX (transposed windows), dW and db of K33..87 rows on the GPU's default tiles
+    (NCL: one channel, 32 outputs a thread; NLC: channel vectors), against eager in fp64."""
+    from triton_dsd import configs
+    monkeypatch.setattr(configs, "INTERPRETER_TILES", False)
+    c = dict(case)
+    L, K, d = c.pop("L"), c["K"], c["dilation"]
+    check_depthwise(dim=1, C=5, extra=(L - d * (K - 1) - 1,), seed=K + d, **c)
+    fwd = [kw for name, kw, _ in launch_log if name == "depthwise_fwd_kernel"]
+    assert fwd and fwd[0]["KW"] == K
+    if c["layout"] == "nchw":  # the GPU's NCL tile, not the interpreter's
+        assert (fwd[0]["BLOCK_C"], fwd[0]["BLOCK_R"]) == (1, 128)
+    else:
+        assert fwd[0]["BLOCK_C"] == 8 * c["m"] and fwd[0]["BLOCK_W"] <= 8
+
+
+@pytest.mark.parametrize("case", [
+    _large_k(87, 1, 1, "same", "nchw", f32, 100),
+    _large_k(33, 2, 1, "causal", "cl", f64, 300),
+    _large_k(63, 4, 2, 125, "cl", f32, 13),
+    _large_k(87, 4, 1, "same", "nchw", f64, 13, bias=False),
+], ids=_large_k_id)
+def test_large_kernel_1d_fused(case, monkeypatch):
+    """The fused forward (its own tap loop: one tap an iteration past a few taps) and the
+    layer's gradients at K33..87 on the GPU's default tiles."""
+    from helpers import check_dsd
+    from triton_dsd import configs
+    monkeypatch.setattr(configs, "INTERPRETER_TILES", False)
+    c = dict(case)
+    L, K, d = c.pop("L"), c["K"], c["dilation"]
+    check_dsd(1, c["dtype"], c["layout"], N=c["N"], C=5, M=3, m=c["m"], K=K, stride=c["stride"],
+              padding=c["padding"], dilation=d, biases=(c["bias"], True),
+              extra=(L - d * (K - 1) - 1,), fused=True, seed=K)

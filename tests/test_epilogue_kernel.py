@@ -33,6 +33,11 @@ PATHS = {
     "win2-1d-cl": dict(dim=1, layout="cl", C=4, m=2, K=5, d=1, stride=1, pad="causal",
                        size=(13,), cfg=dict(BLOCK_P=32, BLOCK_M=16, BLOCK_K=64),
                        expect=dict(Z_STATIONARY=True, PIX_MAJOR=False, WIN=2)),
+    # a 16-bit 1D row of more than ROW_LOOP_TAPS taps at dilation 1: windows of 2 that loop
+    # over the row's tap groups (8 groups of 4, then 3 taps unrolled)
+    "win2-1d-cl-k35": dict(dim=1, layout="cl", C=4, m=2, K=35, d=1, stride=1, pad="causal",
+                           size=(40,), cfg=dict(BLOCK_P=32, BLOCK_M=16, BLOCK_K=64),
+                           expect=dict(Z_STATIONARY=True, PIX_MAJOR=False, WIN=2)),
     # NCHW: the z tile built [channel x pixel], y^T = wp @ z^T
     "pixmajor-2d-nchw": dict(dim=2, layout="nchw", C=3, m=2, K=3, d=1, stride=2, pad=1,
                              size=(7, 9), cfg=dict(BLOCK_P=16, BLOCK_M=16, BLOCK_K=16),
@@ -64,7 +69,8 @@ def _windowed(path: str) -> bool:
 #: two registers)
 CASES = [dict(c, acts=ACT_PAIRS[i % len(ACT_PAIRS)]) for i, c in enumerate(sorted(pairwise(
     dict(path=list(PATHS), dtype=DTYPES, mid_affine=[True, False], out_affine=[True, False]),
-    valid=lambda c: not (c["dtype"] == torch.float64 and _windowed(c["path"])), seed=3),
+    valid=lambda c: not (c["dtype"] == torch.float64 and _windowed(c["path"])) and not (
+        c["path"] == "win2-1d-cl-k35" and c["dtype"] != torch.float16), seed=3),
     key=lambda c: list(PATHS).index(c["path"])))]
 
 

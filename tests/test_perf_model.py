@@ -51,6 +51,18 @@ def test_instructions_weighted_by_trip_counts():
     assert not matched  # fewer trip counts than loops: flagged, never silently weighted
 
 
+def test_wide_rows_loop_over_tap_groups():
+    """Rows of more than ROW_LOOP_TAPS taps have one loop over their whole tap groups (8 taps
+    of scalar columns, 4 of channel vectors); the input gradient's only where a group moves
+    by whole dy columns; narrower rows unroll (no loop)."""
+    a = dict(KH=1, KW=87, STRIDE_W=1, DIL_W=2, BLOCK_R=128, BLOCK_C=1, MULT=1)
+    assert pm._dw_fwd_trips(a) == [87 // 8] and pm._dw_dx_trips(a) == [87 // 8]
+    assert pm._dw_fwd_trips(dict(a, BLOCK_C=64)) == [87 // 4]
+    assert pm._dw_dx_trips(dict(a, BLOCK_C=64, MULT=2)) == [87 // 4] * 2
+    assert pm._dw_dx_trips(dict(a, BLOCK_C=64, STRIDE_W=3, DIL_W=1)) == []  # 4 % 3: unrolled
+    assert pm._dw_fwd_trips(dict(a, KW=31)) == []
+
+
 def test_occupancy_from_registers_shared_memory_and_warps():
     assert pm.occupancy(32, 4, 0) == (16, 64)  # warp-limited: 64 warps a SM
     assert pm.occupancy(128, 4, 0) == (4, 16)  # 65536 registers / (128 x 128 threads)
@@ -72,9 +84,13 @@ def test_canonical_cases_cover_the_issue_matrix():
     assert {p.dim for p in ps} == {1, 2} and {p.layout for p in ps} == {"cl", "nchw"}
     assert {3, 5, 7, 13, 31} <= {p.K for p in ps} and {1, 2, 4} <= {p.dilation for p in ps}
     assert {128, 256, 512, 1024} <= {p.C for p in ps}
-    assert {"dw_fwd", "dw_dx", "dw_dw", "pw_fwd", "fused_fwd", "fused_fwd_bn", "fused_fwd_ln",
-            "layer"} == \
-        {c.op for c in cases}
+    assert {"dw_fwd", "dw_dx", "dw_dw", "pw_fwd", "fused_fwd", "fused_fwd_bn",
+            "fused_fwd_bn_relu", "fused_fwd_ln", "layer", "step"} == {c.op for c in cases}
+    # decode steps: 1..256 streams, C = M 256..1024
+    steps = [c.problem for c in cases if c.op == "step"]
+    assert {1, 256} <= {p.N for p in steps} and {256, 1024} <= {p.C for p in steps}
+    # speech models' large 1D kernels (rows that loop over their tap groups)
+    assert {33, 87} <= {p.K for p in ps if p.dim == 1}
 
 
 def test_model_cli_end_to_end(tmp_path):
@@ -99,6 +115,21 @@ def test_model_cli_end_to_end(tmp_path):
     # a baseline gives before/after columns
     r = run_cli("model", "--cases", case, "--baseline", str(out))
     assert r.returncode == 0 and "before %" in r.stdout
+
+
+def test_step_model_counts_the_bytes_floor_and_matches_its_loops(tmp_path):
+    """A decode step's ideal bytes are ``cost.step_cost``'s floor (not the workspace, not the
+    whole state), and its loops match the SASS."""
+    from triton_dsd import cost
+    out = tmp_path / "s.json"
+    r = run_cli("model", "--cases", "step N16 C=M=1024 K4", "--json-out", str(out))
+    assert r.returncode == 0, r.stderr
+    (c,) = json.loads(out.read_text())["cases"]
+    (launch,) = c["launches"]
+    assert not c["error"] and c["spill_bytes"] == 0
+    assert launch["kernel"] == "dsd_step_kernel" and launch["loops_matched"]
+    assert launch["ideal_bytes"] == cost.step_cost(16, 1024, 1024, 4, 1, 1, True, 2).bytes_fused
+    assert 0 < c["pct_roofline"] <= 100
 
 
 def test_model_cli_rejects_unknown_case():

@@ -166,6 +166,17 @@ def _cases() -> Dict[str, Callable[[], None]]:
         "fused bf16 1D-NLC k5 d4 C256 M256": lambda: L.dsd_fwd(
             seq(bf16, True), w(256, 5, bf16, kh=1), None, w2(256, 256, bf16), None, (1, 1),
             (0, 0, 16, 0), (1, 4), True),
+        # speech models' large 1D kernels: rows of more than ROW_LOOP_TAPS taps loop over
+        # their tap groups (the depthwise windows, and the fused windows at dilation 1)
+        "fwd bf16 1D-NLC k87 d2 C512 (tap-group loop)": lambda: L.depthwise_fwd(
+            seq(bf16, True, C=512), w(512, 87, bf16, kh=1), None, (1, 1), (0, 0, 172, 0),
+            (1, 2), True),
+        "dx bf16 1D-NLC k63 d1 C512 (tap-group loop)": lambda: L.depthwise_bwd_input(
+            seq(bf16, True, C=512), w(512, 63, bf16, kh=1), seq(bf16, True, C=512), (1, 1),
+            (0, 0, 31, 31), (1, 1), True),
+        "fused bf16 1D-NLC k63 C256 M256 +bn+relu (windows, tap-group loop)": lambda: L.dsd_fwd(
+            seq(bf16, True), w(256, 63, bf16, kh=1), None, w2(256, 256, bf16), None, (1, 1),
+            (0, 0, 62, 0), (1, 1), True, epilogue=bn("relu", "identity", 256, 256)),
         # decode steps: one frame of N streams, the conv state (N, C, d*(K-1)) moved in place
         "step bf16 N1 C1024 M1024 k4 atomic": lambda: L.dsd_step(
             torch.empty(1, 1024, dtype=bf16), torch.empty(1, 1024, 3, dtype=bf16),

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 from triton_dsd import _runtime
 from triton_dsd.keys import ints
+from triton_dsd.kernels._common import ROW_LOOP_TAPS
 
 #: None: the interpreter gets large tiles (each program costs ~0.1 s there, whatever its size),
 #: the GPU its own. Tests set False to run the GPU's default tiles under the interpreter.
@@ -72,11 +73,14 @@ def _window_tile(f: Fields, elem_bytes: int, transposed: bool = False) -> Dict[s
         # BLOCK_W accumulators of `vec` channels a thread beside a tap group's weights and
         # the window's columns in flight: 8 stays under 255 registers on sm_80/sm_90 while a
         # row's taps span (KW-1)*d <= 12 columns (fp32: 16; 1D: 30) at stride 1 and multiplier
-        # 1; strided, multiplied or wider windows take 4, wide 16-bit input gradients 2
-        # (measured by `inspect --sweep`: ptxas spills some narrower windows, not wider ones)
+        # 1, and for 1D rows of more than ROW_LOOP_TAPS taps (they loop over tap groups: one
+        # group's columns in flight; K33..87 at d 1..4, bf16 and fp32); strided, multiplied
+        # or wider windows take 4, wide 16-bit input gradients 2 (measured by `inspect
+        # --sweep`: ptxas spills some narrower windows, not wider ones)
         sw, dw = ints(f["s"])[1], ints(f["d"])[1]
         span = (kw - 1) * dw
-        fits = span <= (12 if elem_bytes <= 2 else 16) or (kh == 1 and span <= 30)
+        fits = (span <= (12 if elem_bytes <= 2 else 16) or (kh == 1 and span <= 30)
+                or (kh == 1 and kw > ROW_LOOP_TAPS.value))
         block_w = 8 if fits and sw == 1 and int(f["m"]) == 1 else 4
         if transposed and elem_bytes <= 2 and kh > 1 and span > 12:
             block_w = 2

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from triton_dsd import _runtime, configs, dispatch, registry, shapes
 from triton_dsd.epilogue import Epilogue
-from triton_dsd.kernels._common import MAX_UNROLL, NORM_LAYER, NORM_NONE
+from triton_dsd.kernels._common import MAX_UNROLL, NORM_LAYER, NORM_NONE, ROW_LOOP_TAPS
 
 _INT32_MAX = 2**31 - 1
 _F = registry.FAMILIES
@@ -384,9 +384,15 @@ def dsd_tap_options(x: torch.Tensor, CM: int, KW: int, cfg: dict) -> Tuple[bool,
     pixels are closer in memory than its channels (NCHW, NCL: lanes along pixels, coalesced),
     and unrolls a row of taps only for 16-byte channel loads while KW x (z elements a thread)
     <= DSD_ROW_UNROLL_ELEMS (pixel-major loads are scalar, an address each: one tap at a
-    time). The kernel also takes one tap at a time with 64-bit offsets (IDX64)."""
+    time). The kernel also takes one tap at a time with 64-bit offsets (IDX64). The
+    recompute path unrolls a row of at most MAX_UNROLL taps while KW x (z chunk elements a
+    thread) stays within DSD_ROW_UNROLL_ELEMS: past that (the speech models' K17..87 rows) an
+    unrolled row spills, and its loads, pipelined into shared memory, pass its size (1D K33
+    fp32: 255 registers, 432 B of spills, 340 KB of shared memory on sm_90; one tap at a time:
+    165 registers, no spill, 64 KB). At K7 the unrolled row models 1.75x faster."""
     if not dsd_z_stationary(CM, cfg):
-        return True, False
+        per_thread = cfg["BLOCK_P"] * cfg["BLOCK_K"] // (32 * cfg["num_warps"])
+        return KW <= MAX_UNROLL and KW * per_thread <= DSD_ROW_UNROLL_ELEMS, False
     pix_stride = x.stride(3) if x.shape[3] > 1 else x.stride(2)
     pix_major = x.shape[1] > 1 and abs(pix_stride) < abs(x.stride(1))
     per_thread = cfg["BLOCK_P"] * cfg["BLOCK_K"] // (32 * cfg["num_warps"])
@@ -408,13 +414,18 @@ DSD_WINDOW_MIN_WORDS = 8
 DSD_WINDOW_MAX_KW = 5
 
 
-def dsd_window(x: torch.Tensor, CM: int, KW: int, cfg: dict, idx64: bool) -> int:
+def dsd_window(x: torch.Tensor, CM: int, KW: int, cfg: dict, idx64: bool,
+               dil_w: int = 1) -> int:
     """WIN of a dsd_fwd launch: on the z-stationary path for channel-contiguous x (not
-    PIX_MAJOR) without 64-bit offsets, with KW <= DSD_WINDOW_MAX_KW and an fp32 accumulator
+    PIX_MAJOR) without 64-bit offsets, with KW <= DSD_WINDOW_MAX_KW, or a 16-bit row of more
+    than ROW_LOOP_TAPS taps at dilation 1 (the windows loop over its tap groups: one group's
+    columns in flight; K33..87 C*m 128..512 spill-free on sm_80/sm_90, Triton 3.6 and 3.9,
+    where dilation 2 and 4 or fp32 spill), and an fp32 accumulator
     (fp64 words take two registers: a 5-tap row spills on [32 x 128]), the widest of
     DSD_WINDOWS whose z_j [BLOCK_P / WIN, BLOCK_K] keeps DSD_WINDOW_MIN_ROWS rows and
     DSD_WINDOW_MIN_WORDS words a thread; else 1 (tap by tap)."""
-    if (not dsd_z_stationary(CM, cfg) or idx64 or KW > DSD_WINDOW_MAX_KW
+    wide = KW > ROW_LOOP_TAPS.value and dil_w == 1 and x.element_size() == 2
+    if (not dsd_z_stationary(CM, cfg) or idx64 or (KW > DSD_WINDOW_MAX_KW and not wide)
             or x.dtype == torch.float64 or dsd_tap_options(x, CM, KW, cfg)[1]):
         return 1
     threads = 32 * cfg["num_warps"]
@@ -533,7 +544,7 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
         n_pb, n_mb = triton.cdiv(OH * OW, c["BLOCK_P"]), dsd_recompute_factor(CM, M, c)
         unroll_kw, pix_major = dsd_tap_options(x, CM, KW, c)
         idx64 = needs_int64(x, y)
-        win = dsd_window(x, CM, KW, c, idx64)
+        win = dsd_window(x, CM, KW, c, idx64, dilation[1])
         if win > 1:  # the windows walk a loop over kernel rows, each row's taps unrolled
             unroll_kw = True
         # register windows: N*OH image rows of cdiv(OW, win) segments, BLOCK_P // win a program
@@ -591,6 +602,10 @@ def _step_space(device: torch.device, acc: torch.dtype, atomic: bool, n_part: in
     return part, count
 
 
+#: C*M from which a step of at most 16 streams takes 256-wide M blocks (below, 64)
+STEP_WIDE_M_WEIGHTS = 512 * 512
+
+
 def step_config(N: int, C: int, M: int, sms: int) -> dict:
     """The step's tiles. Streams BLOCK_N (16..64: the tensor-core product's rows). Channel
     blocks BLOCK_C of about 2*N channels (16..128): each channel block adds N*M fp32 partial
@@ -599,7 +614,10 @@ def step_config(N: int, C: int, M: int, sms: int) -> dict:
     then the M blocks split over programs until about one program per SM reads its share.
     A [BLOCK_N, BLOCK_C] tile stays at 4096 elements (64 x 128 spills on sm_80/sm_90)."""
     block_n = min(64, max(16, _pow2(N)))
-    block_m = min(64, max(16, _pow2(M)))
+    # a few streams and a big weight: wide M blocks, fewer (barrier + counter) round trips a
+    # program and more weight bytes in flight (model: N16 C=M=1024 2.05 -> 0.73 us)
+    wide = N <= 16 and C * M >= STEP_WIDE_M_WEIGHTS
+    block_m = min(256 if wide else 64, max(16, _pow2(M)))
     n_nb, n_mb = triton.cdiv(N, block_n), triton.cdiv(M, block_m)
     block_c = min(128, max(16, _pow2(2 * N)), max(16, _pow2(C)), 4096 // block_n)
     n_cb = triton.cdiv(C, block_c)

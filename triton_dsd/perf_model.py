@@ -48,9 +48,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import triton
 
-from triton_dsd import _runtime, compile_report, dispatch, launchers, problems
+from triton_dsd import _runtime, compile_report, cost, dispatch, launchers, problems
 from triton_dsd.epilogue import ACTIVATIONS, NORMS, Epilogue
-from triton_dsd.kernels._common import MAX_UNROLL
+from triton_dsd.kernels._common import MAX_UNROLL, ROW_LOOP_TAPS
+from triton_dsd.kernels.depthwise import TAP_GROUP
 
 # ----------------------------------------------------------------------------- the machine
 #: H200 SXM (Hopper, sm_90): the constants every modeled number rests on
@@ -76,7 +77,8 @@ class Case:
     """One canonical case: a layer (``problems.Problem``) and what is run on it."""
     name: str
     problem: problems.Problem
-    op: str  # dw_fwd, dw_dx, dw_dw, pw_fwd, fused_fwd, fused_fwd_bn, fused_fwd_ln, layer
+    op: str  # dw_fwd, dw_dx, dw_dw, pw_fwd, fused_fwd, fused_fwd_bn, fused_fwd_bn_relu,
+    # fused_fwd_ln, layer, step (one decode frame of N streams of the causal layer)
 
     def outputs(self) -> int:
         """The elements 'instructions per output' divides by: y for forward ops, dx for dX,
@@ -87,6 +89,8 @@ class Case:
             return p.N * p.C * p.m * oh * ow
         if self.op == "dw_dx":
             return p.N * p.C * p.height * p.W
+        if self.op == "step":  # one frame of each stream
+            return p.N * p.M
         return p.N * p.M * oh * ow
 
 
@@ -96,8 +100,9 @@ def _p(N, C, M, H, W, K, d=1, dim=2, layout="cl", **kw) -> problems.Problem:
 
 
 def canonical_cases() -> List[Case]:
-    """H200-scale bf16 layers: 2D NHWC/NCHW and 1D NLC/NCL, K 3..31, dilation 1/2/4, C = M
-    128..1024, the fused layer, and the fused layer's forward + backward."""
+    """H200-scale bf16 layers: 2D NHWC/NCHW and 1D NLC/NCL, K 3..31 (1D: to 87), dilation
+    1/2/4, C = M 128..1024, the fused layer (with epilogues), and the fused layer's forward +
+    backward."""
     img = dict(N=8, C=128, M=128, H=56, W=56)
     seq = dict(N=8, C=256, M=256, H=1, W=4096, dim=1)
     c = [
@@ -112,6 +117,13 @@ def canonical_cases() -> List[Case]:
         Case("dw fwd 1D NCL L4096 C256 K4", _p(**seq, K=4, layout="nchw"), "dw_fwd"),
         Case("dw fwd 1D NLC L4096 C256 K5 d4", _p(**seq, K=5, d=4), "dw_fwd"),
         Case("dw fwd 1D NLC L4096 C256 K31", _p(**seq, K=31), "dw_fwd"),
+        # speech models' large 1D kernels (QuartzNet / Citrinet: K 11..87, dilation 1..4)
+        Case("dw fwd 1D NLC L4096 C512 K33 d2", _p(**dict(seq, C=512, M=512), K=33, d=2),
+             "dw_fwd"),
+        Case("dw fwd 1D NCL L4096 C512 K87 d2",
+             _p(**dict(seq, C=512, M=512), K=87, d=2, layout="nchw"), "dw_fwd"),
+        Case("dw dX 1D NCL L4096 C512 K87 d2",
+             _p(**dict(seq, C=512, M=512), K=87, d=2, layout="nchw"), "dw_dx"),
         Case("dw dX NHWC 56² C128 K3 d2", _p(**img, K=3, d=2), "dw_dx"),
         Case("dw dX NCHW 56² C128 K3", _p(**img, K=3, layout="nchw"), "dw_dx"),
         Case("dw dW NHWC 56² C128 K3 d2", _p(**img, K=3, d=2), "dw_dw"),
@@ -127,9 +139,17 @@ def canonical_cases() -> List[Case]:
         Case("fused fwd NHWC 14² C=M=512 K3", _p(32, 512, 512, 14, 14, K=3), "fused_fwd"),
         Case("fused fwd NHWC 14² C=M=1024 K7", _p(32, 1024, 1024, 14, 14, K=7), "fused_fwd"),
         Case("fused fwd 1D NLC L4096 C=M=256 K4", _p(**seq, K=4), "fused_fwd"),
+        Case("fused fwd 1D NLC L4096 C=M=512 K87 +BN+ReLU/-",
+             _p(**dict(seq, C=512, M=512), K=87), "fused_fwd_bn_relu"),
         Case("layer fwd+bwd NHWC 56² C=M=128 K3", _p(**img, K=3), "layer"),
         Case("layer fwd+bwd 1D NLC L4096 C=M=256 K4", _p(**seq, K=4), "layer"),
     ]
+    # decode steps: one frame of N streams (weight-bandwidth bound at small N)
+    for n, cm, k, d in ((1, 256, 4, 1), (1, 1024, 4, 1), (16, 256, 4, 1), (16, 1024, 4, 1),
+                        (256, 256, 4, 1), (256, 1024, 4, 1), (64, 512, 31, 1),
+                        (8, 1024, 3, 8)):
+        c.append(Case(f"step N{n} C=M={cm} K{k}" + (f" d{d}" if d > 1 else ""),
+                      _p(n, cm, cm, 1, 1, K=k, d=d, dim=1), "step"))
     return c
 
 
@@ -155,11 +175,20 @@ def run_case(case: Case, t: Dict[str, torch.Tensor]) -> None:
         ones = lambda n: torch.ones(n, device=t["x"].device)  # noqa: E731
         epi = Epilogue(ones(cm), ones(cm) * 0.1, ACTIVATIONS["relu6"], ones(m), ones(m) * 0.1, 0)
         L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl, epilogue=epi)
+    elif case.op == "fused_fwd_bn_relu":  # eval BN folded between, ReLU between, nothing after
+        cm = t["dw"].shape[0]
+        ones = torch.ones(cm, device=t["x"].device)
+        epi = Epilogue(ones, ones * 0.1, ACTIVATIONS["relu"])
+        L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl, epilogue=epi)
     elif case.op == "fused_fwd_ln":  # ConvNeXt: LayerNorm over channels between, GELU after
         cm = t["dw"].shape[0]
         epi = Epilogue(torch.ones(cm, device=t["x"].device), torch.zeros(cm, device=t["x"].device),
                        0, None, None, ACTIVATIONS["gelu"], NORMS["layer_norm"], 1e-6)
         L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl, epilogue=epi)
+    elif case.op == "step":  # one decode frame: x_t (N, C), the state (N, C, d*(K-1))
+        x = t["x"].new_zeros(p.N, p.C)
+        state = t["x"].new_zeros(p.N, p.C, p.dilation * (p.K - 1))
+        L.dsd_step(x, state, t["dw"], t["db"], t["pw"], t["pb"], p.dilation, False)
     elif case.op == "layer":  # ops._dsd_backward's launches after the fused forward
         L.dsd_fwd(t["x"], t["dw"], t["db"], t["pw"], t["pb"], *geo, cl)
         z = L.depthwise_fwd(t["x"], t["dw"], t["db"], *geo, cl)
@@ -185,15 +214,33 @@ def _row_loop(a) -> List[int]:
     return [int(a["KH"])] if a["KH"] > 1 else []
 
 
+def _group_loop(a, transposed: bool) -> List[int]:
+    """The loop over a wide kernel row's whole tap groups (``depthwise._window_row``: rows of
+    more than ROW_LOOP_TAPS taps, TAP_GROUP taps a group for scalar columns, half for channel
+    vectors; the input gradient's only where a group moves by whole dy columns); none for rows
+    that unroll."""
+    kw = int(a["KW"])
+    S, D = int(a["STRIDE_W"]), int(a["DIL_W"])
+    group = TAP_GROUP.value // (1 if a["BLOCK_C"] == 1 else 2)
+    if kw <= ROW_LOOP_TAPS.value or (transposed and (group * D) % S):
+        return []
+    return [kw // group]
+
+
 def _dw_fwd_trips(a) -> List[int]:
-    if "BLOCK_R" in a:  # register windows: a row loop past MAX_UNROLL taps
-        return _row_loop(a) if a["KH"] * a["KW"] > MAX_UNROLL else []
+    if "BLOCK_R" in a:  # register windows: a row loop past MAX_UNROLL taps (its wide rows
+        # loop over their tap groups)
+        if a["KH"] * a["KW"] <= MAX_UNROLL:
+            return []
+        return _row_loop(a) + _group_loop(a, False)
     return _row_loop(a) if a["KH"] * a["KW"] > 25 else []  # the tiles of triton_dsd <= 0.3
 
 
 def _dw_dx_trips(a) -> List[int]:
     if "BLOCK_R" in a:  # one row loop per depth-multiplier channel
-        return _row_loop(a) * int(a["MULT"]) if a["KH"] * a["KW"] > MAX_UNROLL else []
+        if a["KH"] * a["KW"] <= MAX_UNROLL:
+            return []
+        return (_row_loop(a) + _group_loop(a, True)) * int(a["MULT"])
     return _row_loop(a) if a["KH"] * a["KW"] * a["MULT"] > 12 else []
 
 
@@ -217,6 +264,10 @@ def _pw_dw_trips(a) -> List[int]:
 
 
 def _fused_trips(a) -> List[int]:
+    if int(a.get("WIN", 1)) > 1:  # register windows: the row loop (its wide rows loop over
+        # their tap groups of channel vectors), then every M block
+        return (_row_loop(a) + _group_loop(dict(a, BLOCK_C=a["BLOCK_K"]), False)
+                + [math.ceil(a["M"] / a["BLOCK_M"])])
     if "UNROLL_KW" in a and not (a["UNROLL_KW"] and not (
             a["IDX64"] and a["BLOCK_P"] * a["BLOCK_K"] > 2048)):
         taps = [a["KH"] * a["KW"]] if a["KH"] * a["KW"] > 1 else []  # one tap an iteration
@@ -225,6 +276,30 @@ def _fused_trips(a) -> List[int]:
     if a.get("Z_STATIONARY"):  # z once, then every M block
         return taps + [math.ceil(a["M"] / a["BLOCK_M"])]
     return [math.ceil(a["CM"] / a["BLOCK_K"])] + taps
+
+
+def _step_trips(a) -> List[float]:
+    """The decode step's loops: the taps past MAX_UNROLL (one loop a depth-multiplier channel);
+    the state shift's row tiles (run by one program in M_SPLITS: weighted so) and, when a row
+    takes several, its frame tiles; the M blocks of a split; the deterministic finish's sum
+    over channel blocks (run at one arrival in n_cb: once on average)."""
+    K, S = int(a["K"]), int(a["DIL"]) * (int(a["K"]) - 1)
+    N, bn, bc = int(a["N"]), int(a["BLOCK_N"]), int(a["BLOCK_C"])
+    splits = int(a["M_SPLITS"])
+    out: List[float] = []
+    if S > 0 and K - 1 > MAX_UNROLL.value:
+        out += [K - 1] * int(a["MULT"])
+    if S > 0:
+        rows = N * bc / math.ceil(N / bn)  # a stream block's rows, on average
+        if N > 1 or bc > int(a["BLOCK_ROWS"]):  # N == 1 is specialised: one tile, no loop
+            out.append(math.ceil(rows / int(a["BLOCK_ROWS"])) / splits)
+        frames = math.ceil((S - 1) / int(a["BLOCK_S"]))
+        if frames > 1:
+            out.append(frames)
+    out.append(int(a["n_mb"]) / splits)
+    if a["SPLIT_C"] and not a["ATOMIC"]:
+        out.append(1.0)
+    return out
 
 
 def _finish_trips(a) -> List[int]:
@@ -241,6 +316,7 @@ TRIPS: Dict[str, Callable[[dict], List[float]]] = {
     "pointwise_bwd_weight_kernel": _pw_dw_trips,
     "dsd_fwd_kernel": _fused_trips,
     "splitk_reduce_kernel": _finish_trips,
+    "dsd_step_kernel": _step_trips,
 }
 
 
@@ -385,6 +461,9 @@ def _work(name: str, a: dict) -> Tuple[float, float]:
         x = a["x_ptr"]
         n_pix = x.numel() // x.shape[1]
         return 0.0, 2.0 * n_pix * a["K"] * a["M"]
+    if name == "dsd_step_kernel":
+        n, cm, m = a["N"], a["wd_ptr"].shape[0], a["M"]
+        return float(n * cm * a["K"]), 2.0 * n * cm * m
     if name == "dsd_fwd_kernel":
         x, y = a["x_ptr"], a["y_ptr"]
         z_shape = (y.shape[0], a["CM"], y.shape[2], y.shape[3])
@@ -459,6 +538,11 @@ def model_launch(launch, stats: dict, sass: str, dtype: torch.dtype) -> LaunchMo
         if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() not in seen:
             seen.add(v.untyped_storage().data_ptr())
             ideal += _tensor_bytes(v)
+    if name == "dsd_step_kernel":  # not the workspace, nor the whole state: the step's floor
+        wd = a["wd_ptr"]
+        ideal = float(cost.step_cost(
+            int(a["N"]), int(a["C"]), int(a["M"]), int(a["K"]), int(a["DIL"]), int(a["MULT"]),
+            a["bd_ptr"] is not None, wd.element_size()).bytes_fused)
     macs, tflops = _work(name, a)
     peak = TENSOR_FLOPS[str(dtype).replace("torch.", "")]
     if mix.get("hmma") and not mix.get("hgmma"):
