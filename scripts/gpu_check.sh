@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command a session runs when a GPU machine is lent (one H200, torch 2.11, Triton 3.6,
 # no network). Within ~8 minutes: the test suite natively on the GPU, a quick tune, the quick
-# benchmark (most valuable cases first), the figures, the large-tensor and determinism checks,
-# and a summary table last. After EVERY step $OUT/summary.txt and $OUT/results.tar.gz are
+# benchmark (most valuable cases first), the decode-step benchmark, the figures, the
+# large-tensor and determinism checks, and a summary table last. After EVERY step $OUT/summary.txt and $OUT/results.tar.gz are
 # rewritten, so a run cut short still returns what it did.
 #
 #   scripts/gpu_check.sh [OUT]            on the GPU machine
@@ -87,6 +87,8 @@ if [ $DRY = 1 ]; then
   export TRITON_DSD_CONFIG_DIR="$WORK/configs"
   step bench 600 $PY -m triton_dsd.cli bench --interpret --preset ci --op dsd,depthwise,pointwise \
        --mode fwd --csv "$WORK/bench.csv" --no-plot
+  step bench_step 300 $PY -m triton_dsd.cli bench --interpret --preset ci --dim 1 --N 1,2 \
+       --mode step --provider triton_fused,eager --csv "$WORK/bench.csv" --no-plot
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$WORK/gpu.txt"
   # editable install: the package maps kernels/ and autotune_configs/ into triton_dsd (the
@@ -100,6 +102,9 @@ else
   G="--preset quick --K 3,7 --dilation 1,2 --C 64,128 --M 128 --csv $WORK/bench.csv --no-plot --fast"
   step bench 100 $PY -m triton_dsd.cli bench $G --op dsd --mode fwd,fwd+bwd \
        --provider triton_fused,triton_unfused,eager,eager_native,eager_cudnn
+  # decode steps (one frame of N streams): ours against the eager decode and torch.compile
+  step bench_step 40 $PY -m triton_dsd.cli bench --preset step --K 4 --C 256,1024 --M 256,1024 \
+       --N 1,16,64,256 --csv "$WORK/bench.csv" --no-plot --fast
   step checks 50 $PY -m triton_dsd.reliability --out "$WORK"
   step bench_stages 35 $PY -m triton_dsd.cli bench $G --op depthwise,pointwise --mode fwd \
        --provider triton_unfused,eager

@@ -204,7 +204,7 @@ def test_gpu_script_dry_run(tmp_path):
                          env=dict(os.environ, PY=sys.executable))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = (tmp_path / "summary.txt").read_text()
-    for step in ("install", "pytest", "tune", "bench", "plot", "checks"):
+    for step in ("install", "pytest", "tune", "bench", "bench_step", "plot", "checks"):
         assert f"{step} rc=0" in summary, summary
     assert "check ok: True" in summary and "vs eager" in summary
     assert (tmp_path / "results.tar.gz").exists()
