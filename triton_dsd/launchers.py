@@ -415,16 +415,17 @@ DSD_WINDOW_MAX_KW = 5
 
 
 def dsd_window(x: torch.Tensor, CM: int, KW: int, cfg: dict, idx64: bool,
-               dil_w: int = 1) -> int:
+               dil_w: int = 1, stride_w: int = 1) -> int:
     """WIN of a dsd_fwd launch: on the z-stationary path for channel-contiguous x (not
     PIX_MAJOR) without 64-bit offsets, with KW <= DSD_WINDOW_MAX_KW, or a 16-bit row of more
-    than ROW_LOOP_TAPS taps at dilation 1 (the windows loop over its tap groups: one group's
-    columns in flight; K33..87 C*m 128..512 spill-free on sm_80/sm_90, Triton 3.6 and 3.9,
-    where dilation 2 and 4 or fp32 spill), and an fp32 accumulator
+    than ROW_LOOP_TAPS taps at dilation 1 and stride 1 (the windows loop over its tap groups:
+    one group's columns in flight; K33..87 C*m 128..512 spill-free on sm_80/sm_90, Triton 3.6
+    and 3.9, where dilation 2 and 4, stride 2 or fp32 spill), and an fp32 accumulator
     (fp64 words take two registers: a 5-tap row spills on [32 x 128]), the widest of
     DSD_WINDOWS whose z_j [BLOCK_P / WIN, BLOCK_K] keeps DSD_WINDOW_MIN_ROWS rows and
     DSD_WINDOW_MIN_WORDS words a thread; else 1 (tap by tap)."""
-    wide = KW > ROW_LOOP_TAPS.value and dil_w == 1 and x.element_size() == 2
+    wide = (KW > ROW_LOOP_TAPS.value and dil_w == 1 and stride_w == 1
+            and x.element_size() == 2)
     if (not dsd_z_stationary(CM, cfg) or idx64 or (KW > DSD_WINDOW_MAX_KW and not wide)
             or x.dtype == torch.float64 or dsd_tap_options(x, CM, KW, cfg)[1]):
         return 1
@@ -544,7 +545,7 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
         n_pb, n_mb = triton.cdiv(OH * OW, c["BLOCK_P"]), dsd_recompute_factor(CM, M, c)
         unroll_kw, pix_major = dsd_tap_options(x, CM, KW, c)
         idx64 = needs_int64(x, y)
-        win = dsd_window(x, CM, KW, c, idx64, dilation[1])
+        win = dsd_window(x, CM, KW, c, idx64, dilation[1], stride[1])
         if win > 1:  # the windows walk a loop over kernel rows, each row's taps unrolled
             unroll_kw = True
         # register windows: N*OH image rows of cdiv(OW, win) segments, BLOCK_P // win a program
