@@ -76,6 +76,17 @@ def _cat_frames(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat([a, b], dim=-1)
 
 
+def _check_state(where: str, name: str, state, x: Tensor, width: int) -> None:
+    """A conv state of x's streams: (N, C, width = dilation*(K-1)), x's dtype and device."""
+    N, C = x.shape[:2]
+    _checks.check_tensor(where, name, state, 3, f"(N, C, dilation*(K-1)) = ({N}, {C}, {width})")
+    _checks.check_same(where, "x", x, name, state)
+    if tuple(state.shape) != (N, C, width):
+        raise ValueError(f"{where}: `{name}` must have shape (N, C, dilation*(K-1)) = ({N}, {C}, "
+                         f"{width}): the last {width} input frames of each channel; got "
+                         f"{tuple(state.shape)}")
+
+
 def _stream(where: str, x: Tensor, K: int, dilation, padding, initial_state,
             return_final_state: bool):
     """Causal 1D streaming: (x preceded by the state, padding 0, the state after x or None).
@@ -94,13 +105,7 @@ def _stream(where: str, x: Tensor, K: int, dilation, padding, initial_state,
     if initial_state is None:
         initial_state = x.new_zeros((N, C, width))
     else:
-        _checks.check_tensor(where, "initial_state", initial_state, 3,
-                             f"(N, C, dilation*(K-1)) = ({N}, {C}, {width})")
-        _checks.check_same(where, "x", x, "initial_state", initial_state)
-        if tuple(initial_state.shape) != (N, C, width):
-            raise ValueError(f"{where}: `initial_state` must have shape (N, C, dilation*(K-1)) "
-                             f"= ({N}, {C}, {width}): the last {width} input frames of each "
-                             f"channel; got {tuple(initial_state.shape)}")
+        _check_state(where, "initial_state", initial_state, x, width)
     xs = _cat_frames(initial_state, x)
     final = xs[..., xs.shape[-1] - width:].clone() if return_final_state else None
     return xs, 0, final
@@ -372,19 +377,13 @@ def dsd_conv1d_step(x: Tensor, state: Tensor, dw_weight: Tensor,
     M = _checks.check_pointwise(where, C * m, pw_weight, pw_bias, 1, "x", x3, "pw_weight",
                                 "pw_bias")
     d = shapes.positive_tuple(where, "dilation", dilation, 1)[0]
-    N, K = x.shape[0], dw_weight.shape[-1]
-    width = shapes.causal_pad(K, d)
-    _checks.check_tensor(where, "state", state, 3,
-                         f"(N, C, dilation*(K-1)) = ({N}, {C}, {width})")
-    if state.dtype != x.dtype and torch.is_autocast_enabled(x.device.type):
+    width = shapes.causal_pad(dw_weight.shape[-1], d)
+    if isinstance(state, Tensor) and state.dtype != x.dtype \
+            and torch.is_autocast_enabled(x.device.type):
         raise TypeError(f"{where}: `state` has dtype {state.dtype} but `x` is {x.dtype} under "
                         f"autocast (autocast casts the frame, never the state, which is updated "
                         f"in place): keep the state in {x.dtype}")
-    _checks.check_same(where, "x", x, "state", state)
-    if tuple(state.shape) != (N, C, width):
-        raise ValueError(f"{where}: `state` must have shape (N, C, dilation*(K-1)) = ({N}, {C}, "
-                         f"{width}): the last {width} input frames of each stream; got "
-                         f"{tuple(state.shape)}")
+    _check_state(where, "state", state, x, width)
     if _overlaps(state):
         raise ValueError(f"{where}: `state` is updated in place and must not be an expanded "
                          f"or overlapping view (its elements share memory); pass "
