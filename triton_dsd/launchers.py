@@ -477,6 +477,29 @@ def dsd_norm_config(CM: int, M: int, P: int, dtype: torch.dtype, channels_last: 
     return norm_cfg
 
 
+def _epilogue_vectors(where: str, epi: Epilogue, CM: int, M: int, dtype: torch.dtype):
+    """(mid scale, mid shift, out scale, out shift) as the fused kernels read them: contiguous,
+    C*m / M long (a missing shift is zeros in the accumulator dtype); None, None for a side
+    without a scale (a shift without its scale is an error)."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    out = []
+    for scale, shift, channels, side in ((epi.mid_scale, epi.mid_shift, CM, "mid"),
+                                         (epi.out_scale, epi.out_shift, M, "out")):
+        if scale is None:
+            if shift is not None:
+                raise ValueError(f"{where}: the {side} epilogue has a shift but no scale")
+            out += [None, None]
+            continue
+        if shift is None:
+            shift = torch.zeros(channels, dtype=acc, device=scale.device)
+        for name, t in (("scale", scale), ("shift", shift)):
+            if t.numel() != channels:
+                raise ValueError(f"{where}: the {side} epilogue's {name} has {t.numel()} "
+                                 f"elements, not {channels}")
+        out += [scale.reshape(-1).contiguous(), shift.reshape(-1).contiguous()]
+    return tuple(out)
+
+
 def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
             pw_weight: torch.Tensor, pw_bias: Optional[torch.Tensor], stride: Sequence[int],
             pads: Sequence[int], dilation: Sequence[int], channels_last: bool,
@@ -512,24 +535,7 @@ def dsd_fwd(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Te
     syp = y.stride(3) if OW > 1 else y.stride(2)
     dw_bias, pw_bias = _contiguous(dw_bias), _contiguous(pw_bias)
 
-    def affine(scale, shift, channels, where):
-        # (scale, shift) as the kernel reads them: contiguous, `channels` long (a missing
-        # shift is zeros in the accumulator dtype); (None, None) without a scale
-        if scale is None:
-            if shift is not None:
-                raise ValueError(f"dsd_fwd: the {where} epilogue has a shift but no scale")
-            return None, None
-        if shift is None:
-            shift = torch.zeros(channels, dtype=torch.float64 if x.dtype == torch.float64
-                                else torch.float32, device=scale.device)
-        for name, t in (("scale", scale), ("shift", shift)):
-            if t.numel() != channels:
-                raise ValueError(f"dsd_fwd: the {where} epilogue's {name} has {t.numel()} "
-                                 f"elements, not {channels}")
-        return scale.reshape(-1).contiguous(), shift.reshape(-1).contiguous()
-
-    mid_s, mid_t = affine(epi.mid_scale, epi.mid_shift, CM, "mid")
-    out_s, out_t = affine(epi.out_scale, epi.out_shift, M, "out")
+    mid_s, mid_t, out_s, out_t = _epilogue_vectors("dsd_fwd", epi, CM, M, x.dtype)
     fam = _F["dsd_fwd"]
 
     # taps flattened: tap (kh, kw) at (kh*KW + kw)*tap (the register windows read them so)
@@ -662,12 +668,8 @@ def dsd_step(x: torch.Tensor, state: torch.Tensor, dw_weight: torch.Tensor,
     part, count = _step_space(x.device, acc, atomic, n_part, n_nb * (n_cb + n_mb))
     block_s = min(_pow2(max(S - 1, 1)), STEP_SHIFT_FRAMES)
     block_rows = min(max(1, STEP_SHIFT_ELEMS // block_s), c["BLOCK_N"] * c["BLOCK_C"])
-    zero = lambda v: v if v is None else v.reshape(-1).contiguous()  # noqa: E731
     dw_bias, pw_bias = _contiguous(dw_bias), _contiguous(pw_bias)
-    mid_s, mid_t, out_s, out_t = (zero(epi.mid_scale), zero(epi.mid_shift),
-                                  zero(epi.out_scale), zero(epi.out_shift))
-    if (mid_s is None) != (mid_t is None) or (out_s is None) != (out_t is None):
-        raise ValueError("dsd_step: epilogue scales and shifts come in pairs")
+    mid_s, mid_t, out_s, out_t = _epilogue_vectors("dsd_step", epi, CM, M, x.dtype)
     _runtime.launch(
         registry.STEP_KERNEL, (n_cb, c["M_SPLITS"], n_nb),
         x, state, dw_weight, dw_bias, mid_s, mid_t, pw_weight, pw_bias, out_s, out_t, y,
