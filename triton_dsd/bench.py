@@ -124,6 +124,23 @@ def _copies(p: Problem, op: str) -> int:
     return int(min(4, max(1, -(-60 * 2**20 // max(nbytes, 1)))))
 
 
+def _rotating(items: Sequence) -> Callable[[], object]:
+    """A callable returning the next of ``items`` on each call (inputs rotate over copies)."""
+    at = {"i": 0}
+
+    def nxt():
+        at["i"] = (at["i"] + 1) % len(items)
+        return items[at["i"]]
+    return nxt
+
+
+def _compiled(fn, device: torch.device):
+    """torch.compile(fn) with a fresh dynamo state: the recompile limit is shared by every
+    compiled function, and past it dynamo silently falls back to eager."""
+    torch._dynamo.reset()
+    return torch.compile(fn, backend="inductor" if device.type == "cuda" else "aot_eager")
+
+
 def _step_case(provider: str, p: Problem) -> Callable[[], object]:
     """One decode frame of N = p.N streams through a causal 1D layer of the problem's sizes
     (its length is irrelevant), the state carried from call to call; frames rotate over
@@ -134,13 +151,8 @@ def _step_case(provider: str, p: Problem) -> Callable[[], object]:
         dtype=p.dtype)
     state = layer.init_state(p.N)
     g = torch.Generator(device=p.device).manual_seed(0)
-    frames = [torch.randn(p.N, p.C, generator=g, device=p.device).to(p.dtype)
-              for _ in range(4)]
-    i = {"i": 0}
-
-    def nxt():
-        i["i"] = (i["i"] + 1) % len(frames)
-        return frames[i["i"]]
+    nxt = _rotating([torch.randn(p.N, p.C, generator=g, device=p.device).to(p.dtype)
+                     for _ in range(4)])
 
     if provider == "triton_fused":
         def run():
@@ -150,10 +162,7 @@ def _step_case(provider: str, p: Problem) -> Callable[[], object]:
     dw, pw = layer.depthwise, layer.pointwise
     weights = (dw.weight.detach().unsqueeze(2), dw.bias.detach(), pw.weight.detach().unsqueeze(3),
                pw.bias.detach(), p.dilation)
-    fn = ops.eager_step
-    if provider == "compile":
-        torch._dynamo.reset()
-        fn = torch.compile(fn, backend="inductor" if p.device.type == "cuda" else "aot_eager")
+    fn = _compiled(ops.eager_step, p.device) if provider == "compile" else ops.eager_step
     empty = Epilogue()
 
     def run():
@@ -169,21 +178,14 @@ def make_case(op: str, provider: str, mode: str, p: Problem) -> Callable[[], obj
     torch.manual_seed(0)
     module = _module(op, provider, p)
     if provider == "compile":
-        # a fresh dynamo state per case: the recompile limit is shared by every compiled module,
-        # and past it dynamo silently falls back to eager
-        torch._dynamo.reset()
-        backend = "inductor" if p.device.type == "cuda" else "aot_eager"
-        module = torch.compile(module, backend=backend)
+        module = _compiled(module, p.device)
     xs = _inputs(op, p, _copies(p, op))
     if mode != "fwd":
         xs = [x.requires_grad_() for x in xs]
-    state = {"i": 0}
-
-    def nxt():
-        state["i"] = (state["i"] + 1) % len(xs)
-        return xs[state["i"]]
 
     if mode == "fwd":
+        nxt = _rotating(xs)
+
         def run():
             with torch.no_grad(), _flags(provider):
                 return module(nxt())
@@ -192,16 +194,19 @@ def make_case(op: str, provider: str, mode: str, p: Problem) -> Callable[[], obj
         ys = [module(x) for x in xs]
     dys = [torch.randn_like(y) for y in ys]
     if mode == "bwd":
+        graphs = _rotating(list(zip(ys, dys)))
+
         def run():
-            i = state["i"] = (state["i"] + 1) % len(ys)
+            y, dy = graphs()
             with _flags(provider):
-                ys[i].backward(dys[i], retain_graph=True)
+                y.backward(dy, retain_graph=True)
         return run
+    pairs = _rotating(list(zip(xs, dys)))
 
     def run():
-        x = nxt()
+        x, dy = pairs()
         with _flags(provider):
-            module(x).backward(dys[state["i"]])
+            module(x).backward(dy)
     return run
 
 
